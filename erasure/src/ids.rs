@@ -1,0 +1,112 @@
+//! Content identifiers: CIDv1 with a BLAKE3 multihash.
+//!
+//! Shards use the `raw` codec (0x55); manifests use `dag-cbor` (0x71).
+
+use cid::Cid;
+use cid::multihash::Multihash;
+use thiserror::Error;
+
+/// Multicodec code of `raw`.
+pub const RAW: u64 = 0x55;
+/// Multicodec code of `dag-cbor`.
+pub const DAG_CBOR: u64 = 0x71;
+/// Multihash code of BLAKE3 (32-byte digest).
+pub const BLAKE3: u64 = 0x1e;
+
+/// A CID that Cairn cannot use.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CidError {
+    /// Not a CID at all.
+    #[error("malformed cid {input:?}: {reason}")]
+    Malformed { input: String, reason: String },
+    /// A CID, but not one Cairn produces (wrong version, codec or hash).
+    #[error(
+        "unsupported cid {cid}: expected CIDv1 with a 32-byte blake3 multihash and codec {expected}"
+    )]
+    Unsupported { cid: String, expected: &'static str },
+}
+
+fn wrap(codec: u64, hash: &blake3::Hash) -> Cid {
+    let mh =
+        Multihash::<64>::wrap(BLAKE3, hash.as_bytes()).expect("32 bytes fit a 64-byte multihash");
+    Cid::new_v1(codec, mh)
+}
+
+/// CID of a shard with this BLAKE3 hash.
+pub fn shard_cid(hash: &blake3::Hash) -> Cid {
+    wrap(RAW, hash)
+}
+
+/// CID of an encoded manifest.
+pub fn manifest_cid(encoded: &[u8]) -> Cid {
+    wrap(DAG_CBOR, &blake3::hash(encoded))
+}
+
+fn blake3_of(cid: &Cid) -> Option<blake3::Hash> {
+    if cid.version() != cid::Version::V1 || cid.hash().code() != BLAKE3 {
+        return None;
+    }
+    let digest: [u8; 32] = cid.hash().digest().try_into().ok()?;
+    Some(blake3::Hash::from_bytes(digest))
+}
+
+/// The BLAKE3 hash inside a shard CID.
+pub fn shard_hash(cid: &Cid) -> Result<blake3::Hash, CidError> {
+    blake3_of(cid)
+        .filter(|_| cid.codec() == RAW)
+        .ok_or_else(|| CidError::Unsupported {
+            cid: cid.to_string(),
+            expected: "raw (0x55)",
+        })
+}
+
+/// Parse a CID string and check it is a Cairn manifest (root) CID.
+pub fn parse_cid(input: &str) -> Result<Cid, CidError> {
+    let cid = Cid::try_from(input).map_err(|e| CidError::Malformed {
+        input: input.chars().take(128).collect(),
+        reason: e.to_string(),
+    })?;
+    if cid.codec() != DAG_CBOR || blake3_of(&cid).is_none() {
+        return Err(CidError::Unsupported {
+            cid: cid.to_string(),
+            expected: "dag-cbor (0x71)",
+        });
+    }
+    Ok(cid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_cid_round_trips_through_text() {
+        let cid = manifest_cid(b"hello");
+        let text = cid.to_string();
+        assert!(text.starts_with('b'), "base32 multibase: {text}");
+        assert_eq!(parse_cid(&text).expect("parses"), cid);
+    }
+
+    #[test]
+    fn shard_cid_carries_hash() {
+        let h = blake3::hash(b"x");
+        assert_eq!(shard_hash(&shard_cid(&h)).expect("raw blake3"), h);
+        assert!(shard_hash(&manifest_cid(b"x")).is_err());
+    }
+
+    #[test]
+    fn rejects_garbage_and_foreign_cids() {
+        for bad in ["", "hello", "bafy!!", "Qm123"] {
+            assert!(
+                matches!(parse_cid(bad), Err(CidError::Malformed { .. })),
+                "{bad}"
+            );
+        }
+        let shard = shard_cid(&blake3::hash(b"x")).to_string();
+        assert!(matches!(
+            parse_cid(&shard),
+            Err(CidError::Unsupported { .. })
+        ));
+    }
+}

@@ -1,0 +1,346 @@
+//! The checkpoint manifest: a deterministic DAG-CBOR document whose CID is the checkpoint root.
+
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::ids::{self, manifest_cid};
+use crate::layout::{Layout, ParamsError};
+use crate::verify::GROUP_LEN;
+
+/// Manifest format version written by this code.
+pub const MANIFEST_VERSION: u32 = 1;
+/// Codec tag: Reed-Solomon over GF(2^8) with the Vandermonde-derived systematic matrix of
+/// `reed-solomon-erasure` 6, contiguous data shards, zero padding.
+pub const CODEC_RS_GF8: &str = "rs-gf8-v1";
+/// Largest manifest accepted, encoded (bounds memory of a decoder fed hostile input).
+pub const MAX_MANIFEST_LEN: usize = 64 * 1024 * 1024;
+/// Largest path accepted, bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// A manifest that cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error("manifest is {len} bytes, more than the {MAX_MANIFEST_LEN} allowed")]
+    TooLarge { len: usize },
+    #[error("manifest does not decode as dag-cbor: {0}")]
+    Decode(String),
+    #[error("manifest could not be encoded: {0}")]
+    Encode(String),
+    #[error("unsupported manifest version {0} (this build reads {MANIFEST_VERSION})")]
+    Version(u32),
+    #[error("unsupported codec {0:?} (this build reads {CODEC_RS_GF8:?})")]
+    Codec(String),
+    #[error("unsupported verification group size {0} (this build uses {GROUP_LEN})")]
+    GroupSize(u32),
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+    #[error("invalid path {path:?}: {reason}")]
+    Path { path: String, reason: &'static str },
+    #[error("file {path:?}: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// One file of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative path with `/` separators.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 of the whole file (32 bytes).
+    #[serde(with = "serde_bytes")]
+    pub blake3: Vec<u8>,
+    /// Per stripe, the `k + m` shard CIDs (data first).
+    pub stripes: Vec<Vec<Cid>>,
+}
+
+impl FileEntry {
+    /// The file hash as a BLAKE3 value.
+    pub fn hash(&self) -> blake3::Hash {
+        let bytes: [u8; 32] = self
+            .blake3
+            .as_slice()
+            .try_into()
+            .expect("validated manifests hold 32-byte file hashes");
+        blake3::Hash::from_bytes(bytes)
+    }
+}
+
+/// A checkpoint: its files and how they are coded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version ([`MANIFEST_VERSION`]).
+    pub version: u32,
+    /// Erasure codec tag ([`CODEC_RS_GF8`]).
+    pub codec: String,
+    /// Data shards per stripe.
+    pub k: u8,
+    /// Parity shards per stripe.
+    pub m: u8,
+    /// Stripe size in bytes.
+    pub stripe_size: u64,
+    /// Verification group size in bytes ([`GROUP_LEN`]).
+    pub group_size: u32,
+    /// Files, sorted by path.
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// A manifest for `files` coded with `layout`. Files are sorted by path, so the same
+    /// checkpoint always has the same root CID.
+    pub fn new(layout: &Layout, mut files: Vec<FileEntry>) -> Result<Self, ManifestError> {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            codec: CODEC_RS_GF8.to_owned(),
+            k: u8::try_from(layout.k()).expect("k <= 64"),
+            m: u8::try_from(layout.m()).expect("m <= 64"),
+            stripe_size: layout.stripe_size(),
+            group_size: GROUP_LEN as u32,
+            files,
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn layout(&self) -> Result<Layout, ParamsError> {
+        Layout::new(self.k, self.m, self.stripe_size)
+    }
+
+    /// Deterministic DAG-CBOR bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, ManifestError> {
+        serde_ipld_dagcbor::to_vec(self).map_err(|e| ManifestError::Encode(e.to_string()))
+    }
+
+    /// Encoded bytes and their CID (the checkpoint root).
+    pub fn encode_with_cid(&self) -> Result<(Vec<u8>, Cid), ManifestError> {
+        let bytes = self.encode()?;
+        let cid = manifest_cid(&bytes);
+        Ok((bytes, cid))
+    }
+
+    /// Decode and validate untrusted bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_LEN {
+            return Err(ManifestError::TooLarge { len: bytes.len() });
+        }
+        let m: Manifest = serde_ipld_dagcbor::from_slice(bytes)
+            .map_err(|e| ManifestError::Decode(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Look a file up by path.
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files
+            .binary_search_by(|f| f.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.files[i])
+    }
+
+    /// Total bytes of all files.
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Every shard CID, in manifest order (may repeat when content repeats).
+    pub fn shard_cids(&self) -> impl Iterator<Item = &Cid> {
+        self.files.iter().flat_map(|f| f.stripes.iter().flatten())
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        if self.version != MANIFEST_VERSION {
+            return Err(ManifestError::Version(self.version));
+        }
+        if self.codec != CODEC_RS_GF8 {
+            return Err(ManifestError::Codec(self.codec.clone()));
+        }
+        if self.group_size as usize != GROUP_LEN {
+            return Err(ManifestError::GroupSize(self.group_size));
+        }
+        let layout = self.layout()?;
+        for (i, f) in self.files.iter().enumerate() {
+            validate_path(&f.path)?;
+            if i > 0 && self.files[i - 1].path >= f.path {
+                return Err(ManifestError::File {
+                    path: f.path.clone(),
+                    reason: "files are not sorted by path or a path repeats".into(),
+                });
+            }
+            if let Some(next) = self.files.get(i + 1)
+                && next.path.starts_with(&f.path)
+                && next.path.as_bytes().get(f.path.len()) == Some(&b'/')
+            {
+                return Err(ManifestError::File {
+                    path: f.path.clone(),
+                    reason: "path is both a file and a directory".into(),
+                });
+            }
+            if f.blake3.len() != 32 {
+                return Err(ManifestError::File {
+                    path: f.path.clone(),
+                    reason: format!("file hash is {} bytes, not 32", f.blake3.len()),
+                });
+            }
+            let want = layout.stripe_count(f.size);
+            if f.stripes.len() as u64 != want {
+                return Err(ManifestError::File {
+                    path: f.path.clone(),
+                    reason: format!(
+                        "{} stripes listed, {want} expected for {} bytes",
+                        f.stripes.len(),
+                        f.size
+                    ),
+                });
+            }
+            for (s, shards) in f.stripes.iter().enumerate() {
+                if shards.len() != layout.total() {
+                    return Err(ManifestError::File {
+                        path: f.path.clone(),
+                        reason: format!(
+                            "stripe {s} lists {} shards, {} expected",
+                            shards.len(),
+                            layout.total()
+                        ),
+                    });
+                }
+                if let Some(bad) = shards.iter().find(|c| ids::shard_hash(c).is_err()) {
+                    return Err(ManifestError::File {
+                        path: f.path.clone(),
+                        reason: format!("stripe {s} has a non-shard cid {bad}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A path is relative, `/`-separated, without empty, `.` or `..` components, without `\` or NUL.
+pub fn validate_path(path: &str) -> Result<(), ManifestError> {
+    let bad = |reason| {
+        Err(ManifestError::Path {
+            path: path.chars().take(256).collect(),
+            reason,
+        })
+    };
+    if path.is_empty() {
+        return bad("empty");
+    }
+    if path.len() > MAX_PATH_LEN {
+        return bad("too long");
+    }
+    if path.contains('\\') || path.contains('\0') {
+        return bad("contains a backslash or NUL");
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return bad("absolute, or has an empty, '.' or '..' component");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::shard_cid;
+
+    fn sample() -> Manifest {
+        let layout = Layout::new(2, 1, 4096).expect("valid");
+        let c = shard_cid(&blake3::hash(b"s"));
+        Manifest::new(
+            &layout,
+            vec![
+                FileEntry {
+                    path: "model.safetensors".into(),
+                    size: 5000,
+                    blake3: blake3::hash(b"a").as_bytes().to_vec(),
+                    stripes: vec![vec![c; 3], vec![c; 3]],
+                },
+                FileEntry {
+                    path: "config.json".into(),
+                    size: 0,
+                    blake3: blake3::hash(b"").as_bytes().to_vec(),
+                    stripes: vec![],
+                },
+            ],
+        )
+        .expect("valid manifest")
+    }
+
+    #[test]
+    fn round_trip_is_deterministic() {
+        let m = sample();
+        let (bytes, cid) = m.encode_with_cid().expect("encodes");
+        let back = Manifest::decode(&bytes).expect("decodes");
+        assert_eq!(back, m);
+        let (again, cid2) = back.encode_with_cid().expect("encodes");
+        assert_eq!(again, bytes);
+        assert_eq!(cid, cid2);
+        assert_eq!(m.files[0].path, "config.json", "sorted");
+        assert!(m.file("model.safetensors").is_some());
+        assert!(m.file("nope").is_none());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(matches!(
+            Manifest::decode(b""),
+            Err(ManifestError::Decode(_))
+        ));
+        assert!(matches!(
+            Manifest::decode(&[0xff; 40]),
+            Err(ManifestError::Decode(_))
+        ));
+        let mut m = sample();
+        m.version = 9;
+        let bytes = serde_ipld_dagcbor::to_vec(&m).expect("encodes");
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::Version(9))
+        ));
+        let mut m = sample();
+        m.files[1].stripes.pop();
+        let bytes = serde_ipld_dagcbor::to_vec(&m).expect("encodes");
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::File { .. })
+        ));
+        let mut m = sample();
+        m.files[0].path = "../etc/passwd".into();
+        let bytes = serde_ipld_dagcbor::to_vec(&m).expect("encodes");
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::Path { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        /// Hostile bytes never panic the decoder; flipping any byte of a valid manifest either
+        /// fails cleanly or yields a manifest that re-encodes to the same bytes.
+        #[test]
+        fn decoder_never_panics(junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), at: usize, bit in 0u8..8) {
+            let _ = Manifest::decode(&junk);
+            let mut bytes = sample().encode().expect("encodes");
+            let i = at % bytes.len();
+            bytes[i] ^= 1 << bit;
+            if let Ok(m) = Manifest::decode(&bytes) {
+                proptest::prop_assert_eq!(m.encode().expect("encodes"), bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn path_rules() {
+        for ok in ["a", "a/b.json", "tokenizer/vocab.txt", "..a", "a..b"] {
+            validate_path(ok).expect(ok);
+        }
+        for bad in ["", "/a", "a/", "a//b", "./a", "a/../b", "..", "a\\b", "a\0"] {
+            assert!(validate_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Put and get pipeline throughput against the raw coding and hashing figures, in one run on
+//! the same machine and data. Prints ratios (the machine is shared: absolute numbers drift).
+//!
+//! `cargo bench -p cairn-node --bench pipeline` (env `CAIRN_BENCH_MIB` sets the data size).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use cairn_erasure::{Coder, Layout, Stripe};
+use cairn_node::pipeline::{FileReader, Upload, ingest};
+use cairn_storage::{RocksBackend, RocksOptions, Store, ValueMode};
+
+fn gib_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / secs
+}
+
+/// Best of `runs` timings of `f`, in seconds.
+fn best(runs: usize, mut f: impl FnMut()) -> f64 {
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+fn main() {
+    let mib: u64 = std::env::var("CAIRN_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let layout = Layout::default();
+    let coder = Coder::new(&layout);
+    let stripe = usize::try_from(layout.stripe_size()).expect("64 MiB");
+    let mut data = vec![0u8; stripe];
+    cairn_node::sample::fill_random(&mut 7, &mut data);
+    let shard_len = usize::try_from(layout.max_shard_len()).expect("fits");
+
+    // Raw figures on one core, one 64 MiB stripe, (k, m) = (10, 4).
+    let padded = {
+        let mut d = data.clone();
+        d.resize(shard_len * layout.k(), 0);
+        d
+    };
+    let mut parity = vec![vec![0u8; shard_len]; layout.m()];
+    let rs = best(5, || coder.encode(&padded, &mut parity).expect("encode"));
+    let all_shards = (layout.total() * shard_len) as u64;
+    let b3 = best(5, || {
+        for c in padded
+            .chunks(shard_len)
+            .chain(parity.iter().map(Vec::as_slice))
+        {
+            black_box(blake3::hash(c));
+        }
+    });
+    let raw = rs + b3; // seconds per stripe for RS + BLAKE3 of every shard
+    let s = stripe as u64;
+    let code = best(5, || {
+        let st = Stripe::new(&layout, data.clone());
+        black_box(st.code(&coder, &layout, Vec::new()));
+    });
+    println!("raw, one core, per 64 MiB stripe (10+4):");
+    println!(
+        "  reed-solomon encode     {:>6.2} GiB/s of input",
+        gib_s(s, rs)
+    );
+    println!(
+        "  blake3 of all shards    {:>6.2} GiB/s of shard bytes",
+        gib_s(all_shards, b3)
+    );
+    println!(
+        "  RS + BLAKE3 (raw)       {:>6.2} GiB/s of input",
+        gib_s(s, raw)
+    );
+    println!(
+        "  stripe coding (ours)    {:>6.2} GiB/s of input   ratio to raw {:.2}",
+        gib_s(s, code),
+        raw / code
+    );
+
+    // Put and get through the real store.
+    let total = mib << 20;
+    for mode in [ValueMode::Files, ValueMode::BlobDb] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = RocksBackend::open(
+            dir.path(),
+            &RocksOptions {
+                value_mode: mode,
+                ..RocksOptions::default()
+            },
+        )
+        .expect("open");
+        let store = Store::open(backend, u64::MAX).expect("store");
+        let reader = Repeat {
+            data: data.clone(),
+            left: total,
+            pos: 0,
+            round: 0,
+        };
+        let t = Instant::now();
+        let (_, manifest) = ingest(
+            &store,
+            layout,
+            Upload::File {
+                path: "bench.bin".into(),
+                reader,
+            },
+            "bench",
+            &|_| {},
+        )
+        .expect("ingest");
+        let put = t.elapsed().as_secs_f64();
+        let file = &manifest.files[0];
+        let reader = FileReader::new(&store, layout);
+        let mut got = 0u64;
+        let t = Instant::now();
+        reader
+            .read(file, 0, file.size, &mut |b| {
+                got += b.len() as u64;
+                true
+            })
+            .expect("read");
+        let get = t.elapsed().as_secs_f64();
+        assert_eq!(got, total);
+        let raw_get = b3 * (s as f64 / all_shards as f64); // BLAKE3 of the data shards only
+        println!("{mode:?} store, {mib} MiB file:");
+        println!(
+            "  put pipeline            {:>6.2} GiB/s   ratio to raw RS+BLAKE3 {:.2}",
+            gib_s(total, put),
+            gib_s(total, put) / gib_s(s, raw)
+        );
+        println!(
+            "  get pipeline            {:>6.2} GiB/s   ratio to raw BLAKE3 of data {:.2}",
+            gib_s(total, get),
+            gib_s(total, get) / gib_s(s, raw_get)
+        );
+    }
+}
+
+/// `left` bytes cycling over `data`, changed on every round so that no shard repeats (the
+/// store would deduplicate it).
+struct Repeat {
+    data: Vec<u8>,
+    left: u64,
+    pos: usize,
+    round: u64,
+}
+
+impl std::io::Read for Repeat {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == 0 {
+            self.round += 1;
+            for block in self.data.chunks_mut(64 << 10) {
+                block[..8].copy_from_slice(&self.round.to_le_bytes());
+            }
+        }
+        let n = buf
+            .len()
+            .min(self.data.len() - self.pos)
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos = (self.pos + n) % self.data.len();
+        self.left -= n as u64;
+        Ok(n)
+    }
+}

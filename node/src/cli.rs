@@ -1,0 +1,144 @@
+//! Command-line interface (the only module that knows clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Cairn: verified, erasure-coded storage for model checkpoints.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about)]
+pub struct Cli {
+    /// URL of the node's HTTP API.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_NODE",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub node: String,
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run or manage a storage node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Upload a file or a model folder; prints the root CID.
+    Put {
+        /// File or folder to upload.
+        path: PathBuf,
+        /// Name recorded with the pin (default: the file or folder name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Data shards per stripe (default: the node's).
+        #[arg(long)]
+        k: Option<u8>,
+        /// Parity shards per stripe (default: the node's).
+        #[arg(long)]
+        m: Option<u8>,
+        /// Stripe size in bytes (default: the node's).
+        #[arg(long)]
+        stripe_size: Option<u64>,
+    },
+    /// Download a checkpoint (verifying every file), one file, or a byte range of one file.
+    Get {
+        /// Root CID.
+        cid: String,
+        /// Output folder for a checkpoint, or output file with --file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Read only this file of the checkpoint.
+        #[arg(long)]
+        file: Option<String>,
+        /// Byte range of --file, inclusive: `a-b`, `a-` or `-n` (last n bytes).
+        #[arg(long, requires = "file")]
+        range: Option<String>,
+    },
+    /// List pinned checkpoints.
+    Ls,
+    /// Show a checkpoint's stripes, shards and health.
+    Stat {
+        cid: String,
+        /// Read and hash every shard instead of only checking presence.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Unpin a checkpoint and free the shards nothing else uses.
+    Rm { cid: String },
+    /// Write a synthetic model folder (safetensors + JSON files).
+    Sample {
+        dir: PathBuf,
+        /// Bytes of tensor data.
+        #[arg(long, default_value_t = 256 << 20)]
+        size: u64,
+    },
+    /// The main job on a local default: start a node, put a sample checkpoint, get it back,
+    /// verify it, print the CID and throughput.
+    Demo {
+        /// Bytes of tensor data in the sample checkpoint.
+        #[arg(long, default_value_t = 512 << 20)]
+        size: u64,
+        /// Work directory (default: a fresh temporary one, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run a node until interrupted.
+    Run {
+        /// Configuration file (see node/cairn.example.toml). Without it, the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Parse `a-b`, `a-` or `-n` into an inclusive range for a file of unknown size.
+pub fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("range {text:?} must look like a-b, a- or -n"))?;
+    let num = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("bad number {s:?} in range"))
+    };
+    match (a.trim().is_empty(), b.trim().is_empty()) {
+        (false, false) => {
+            let (a, b) = (num(a)?, num(b)?);
+            if b < a {
+                return Err(format!("range {text:?} ends before it starts"));
+            }
+            Ok((a, b))
+        }
+        (false, true) => Ok((num(a)?, u64::MAX)),
+        _ => Err("suffix ranges (-n) are not supported by --range; use a-b".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("0-9"), Ok((0, 9)));
+        assert_eq!(parse_range("5-"), Ok((5, u64::MAX)));
+        assert!(parse_range("9-3").is_err());
+        assert!(parse_range("x").is_err());
+    }
+}

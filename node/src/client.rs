@@ -1,0 +1,528 @@
+//! The HTTP client the command line uses: upload a file or folder, download a checkpoint
+//! verifying every file, read one file or a byte range.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_erasure::manifest::validate_path;
+use cairn_erasure::{Manifest, manifest_cid, parse_cid};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+pub use crate::api::PutAnswer;
+
+/// A client operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot reach node: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("node answered {status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "{path}: downloaded bytes do not match the checkpoint (expected blake3 {expected}, got {actual})"
+    )]
+    Verify {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "{path}: the node ended the transfer early after {got} of {want} bytes (see the node log)"
+    )]
+    Truncated { path: String, got: u64, want: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Options of an upload.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub name: Option<String>,
+    pub k: Option<u8>,
+    pub m: Option<u8>,
+    pub stripe_size: Option<u64>,
+}
+
+/// What a download did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GetSummary {
+    pub files: usize,
+    /// Bytes transferred now (excludes bytes resumed from an earlier partial download).
+    pub transferred: u64,
+    /// Total bytes of the checkpoint.
+    pub total: u64,
+    pub skipped_files: usize,
+}
+
+fn bar(total: u64, show: bool, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("static template"),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// Talks to one node's HTTP API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+}
+
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    Err(ClientError::Api {
+        status,
+        code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+        message: v["error"]["message"]
+            .as_str()
+            .map_or_else(|| text.chars().take(500).collect(), str::to_owned),
+    })
+}
+
+/// Files of a folder, recursively, sorted, as (absolute path, relative `/` path, size).
+/// Symlinks to files are followed (Hugging Face snapshots are made of them).
+pub fn walk(dir: &Path) -> Result<Vec<(PathBuf, String, u64)>, ClientError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(io_err(&d))? {
+            let entry = entry.map_err(io_err(&d))?;
+            let p = entry.path();
+            let meta = std::fs::metadata(&p).map_err(io_err(&p))?;
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file() {
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("walked path is under its root")
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                validate_path(&rel).map_err(|e| ClientError::Invalid(e.to_string()))?;
+                out.push((p, rel, meta.len()));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// `Write` into a bounded channel of body chunks (1 MiB each), counting bytes.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+    pb: ProgressBar,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(1 << 20),
+        ));
+        self.pb.inc(chunk.len() as u64);
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload aborted"))
+    }
+}
+
+fn body_from(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> reqwest::Body {
+    reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .expect("a client without TLS always builds");
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            progress: false,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Upload a file or a folder; returns the node's answer with the root CID.
+    pub async fn put(&self, path: &Path, opts: &PutOptions) -> Result<PutAnswer, ClientError> {
+        let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(n) = &opts.name {
+            query.push(("name", n.clone()));
+        }
+        if let Some(k) = opts.k {
+            query.push(("k", k.to_string()));
+        }
+        if let Some(m) = opts.m {
+            query.push(("m", m.to_string()));
+        }
+        if let Some(s) = opts.stripe_size {
+            query.push(("stripe_size", s.to_string()));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let producer;
+        let mut req = self.http.post(self.url("/v1/checkpoints"));
+        if meta.is_dir() {
+            let files = walk(path)?;
+            let total: u64 = files.iter().map(|f| f.2).sum();
+            let pb = bar(total, self.progress, "put");
+            if opts.name.is_none() {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                query.push(("name", name));
+            }
+            producer = tokio::task::spawn_blocking(move || -> Result<(), ClientError> {
+                let w = ChannelWriter {
+                    tx,
+                    buf: Vec::with_capacity(1 << 20),
+                    pb: pb.clone(),
+                };
+                let mut b = tar::Builder::new(w);
+                b.mode(tar::HeaderMode::Deterministic);
+                for (abs, rel, _) in &files {
+                    b.append_path_with_name(abs, rel).map_err(io_err(abs))?;
+                }
+                let mut w = b.into_inner().map_err(io_err(Path::new("tar")))?;
+                w.flush().map_err(io_err(Path::new("tar")))?;
+                pb.finish_and_clear();
+                Ok(())
+            });
+            req = req.header("content-type", "application/x-tar");
+        } else {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| {
+                    ClientError::Invalid(format!("{} has no file name", path.display()))
+                })?;
+            query.push(("path", name));
+            let pb = bar(meta.len(), self.progress, "put");
+            let src = path.to_path_buf();
+            producer = tokio::task::spawn_blocking(move || -> Result<(), ClientError> {
+                let mut f = std::fs::File::open(&src).map_err(io_err(&src))?;
+                let mut w = ChannelWriter {
+                    tx,
+                    buf: Vec::with_capacity(1 << 20),
+                    pb: pb.clone(),
+                };
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf).map_err(io_err(&src))?;
+                    if n == 0 {
+                        break;
+                    }
+                    w.write_all(&buf[..n]).map_err(io_err(&src))?;
+                }
+                w.flush().map_err(io_err(&src))?;
+                pb.finish_and_clear();
+                Ok(())
+            });
+            req = req
+                .header("content-type", "application/octet-stream")
+                .header("content-length", meta.len());
+        }
+        let sent = req.query(&query).body(body_from(rx)).send().await;
+        let produced = producer
+            .await
+            .map_err(|e| ClientError::Invalid(format!("upload reader failed: {e}")))?;
+        let resp = check(sent?).await?;
+        produced?;
+        Ok(resp.json().await?)
+    }
+
+    /// Fetch and verify a manifest: its bytes must hash to the root CID.
+    pub async fn manifest(&self, root: &str) -> Result<Manifest, ClientError> {
+        let cid = parse_cid(root).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/checkpoints/{cid}")))
+            .header("accept", "application/vnd.ipld.dag-cbor")
+            .send()
+            .await?;
+        let bytes = check(resp).await?.bytes().await?;
+        if manifest_cid(&bytes) != cid {
+            return Err(ClientError::Invalid(format!(
+                "the node sent a manifest that does not hash to {cid}"
+            )));
+        }
+        Manifest::decode(&bytes).map_err(|e| ClientError::Invalid(e.to_string()))
+    }
+
+    /// Download a whole checkpoint into `out`, resuming partial files and verifying every
+    /// file's BLAKE3 against the (verified) manifest.
+    pub async fn get(&self, root: &str, out: &Path) -> Result<GetSummary, ClientError> {
+        let manifest = self.manifest(root).await?;
+        let total = manifest.total_size();
+        let pb = bar(total, self.progress, "get");
+        let mut summary = GetSummary {
+            total,
+            files: manifest.files.len(),
+            ..GetSummary::default()
+        };
+        for f in &manifest.files {
+            let dest = out.join(&f.path);
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(io_err(parent))?;
+            }
+            if file_matches(&dest, f.size, &f.hash()).await? {
+                pb.inc(f.size);
+                summary.skipped_files += 1;
+                continue;
+            }
+            let part = PathBuf::from(format!("{}.cairn-part", dest.display()));
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let got = self.fetch_file(root, &f.path, f.size, &part, &pb).await?;
+                summary.transferred += got.0;
+                if got.1 == f.hash() {
+                    break;
+                }
+                let _ = tokio::fs::remove_file(&part).await;
+                if attempt >= 2 {
+                    return Err(ClientError::Verify {
+                        path: f.path.clone(),
+                        expected: f.hash().to_hex().to_string(),
+                        actual: got.1.to_hex().to_string(),
+                    });
+                }
+            }
+            tokio::fs::rename(&part, &dest)
+                .await
+                .map_err(io_err(&dest))?;
+        }
+        pb.finish_and_clear();
+        Ok(summary)
+    }
+
+    /// Continue (or start) downloading one file into `part`; returns (bytes fetched now, hash
+    /// of the whole part file).
+    async fn fetch_file(
+        &self,
+        root: &str,
+        path: &str,
+        size: u64,
+        part: &Path,
+        pb: &ProgressBar,
+    ) -> Result<(u64, blake3::Hash), ClientError> {
+        let mut have = tokio::fs::metadata(part)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if have > size {
+            tokio::fs::remove_file(part).await.map_err(io_err(part))?;
+            have = 0;
+        }
+        // Hash what is already there (resume), then the rest as it arrives.
+        let mut hasher = blake3::Hasher::new();
+        if have > 0 {
+            let p = part.to_path_buf();
+            hasher = tokio::task::spawn_blocking(move || -> Result<blake3::Hasher, ClientError> {
+                let mut h = blake3::Hasher::new();
+                h.update_reader(std::fs::File::open(&p).map_err(io_err(&p))?)
+                    .map_err(io_err(&p))?;
+                Ok(h)
+            })
+            .await
+            .map_err(|e| ClientError::Invalid(e.to_string()))??;
+            pb.inc(have);
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(part)
+            .await
+            .map_err(io_err(part))?;
+        let mut fetched = 0u64;
+        if have < size {
+            let resp = self
+                .http
+                .get(self.url(&format!("/v1/checkpoints/{root}/files/{path}")))
+                .header("range", format!("bytes={have}-"))
+                .send()
+                .await?;
+            let mut stream = check(resp).await?.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(_) => break,
+                };
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(io_err(part))?;
+                fetched += chunk.len() as u64;
+                pb.inc(chunk.len() as u64);
+            }
+            file.flush().await.map_err(io_err(part))?;
+            if have + fetched != size {
+                return Err(ClientError::Truncated {
+                    path: path.to_owned(),
+                    got: have + fetched,
+                    want: size,
+                });
+            }
+        }
+        file.sync_all().await.map_err(io_err(part))?;
+        Ok((fetched, hasher.finalize()))
+    }
+
+    /// Read one file, or bytes `[start, end]` (inclusive, like HTTP) of it, into `out`.
+    /// The node verified every byte; a whole-file read is also checked against the manifest.
+    pub async fn read(
+        &self,
+        root: &str,
+        path: &str,
+        range: Option<(u64, u64)>,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<u64, ClientError> {
+        let manifest = self.manifest(root).await?;
+        let file = manifest
+            .file(path)
+            .ok_or_else(|| ClientError::Invalid(format!("{root} has no file {path:?}")))?;
+        let mut req = self
+            .http
+            .get(self.url(&format!("/v1/checkpoints/{root}/files/{path}")));
+        let want = match range {
+            Some((a, b)) => {
+                req = req.header("range", format!("bytes={a}-{b}"));
+                b.min(file.size.saturating_sub(1))
+                    .saturating_add(1)
+                    .saturating_sub(a)
+            }
+            None => file.size,
+        };
+        let mut stream = check(req.send().await?).await?.bytes_stream();
+        let mut hasher = blake3::Hasher::new();
+        let mut got = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { break };
+            if range.is_none() {
+                hasher.update(&chunk);
+            }
+            out.write_all(&chunk)
+                .await
+                .map_err(io_err(Path::new(path)))?;
+            got += chunk.len() as u64;
+        }
+        out.flush().await.map_err(io_err(Path::new(path)))?;
+        if got != want {
+            return Err(ClientError::Truncated {
+                path: path.to_owned(),
+                got,
+                want,
+            });
+        }
+        if range.is_none() && hasher.finalize() != file.hash() {
+            return Err(ClientError::Verify {
+                path: path.to_owned(),
+                expected: file.hash().to_hex().to_string(),
+                actual: hasher.finalize().to_hex().to_string(),
+            });
+        }
+        Ok(got)
+    }
+
+    /// GET a JSON endpoint.
+    pub async fn json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let resp = self.http.get(self.url(path)).send().await?;
+        Ok(check(resp).await?.json().await?)
+    }
+
+    /// Unpin a checkpoint.
+    pub async fn rm(&self, root: &str) -> Result<serde_json::Value, ClientError> {
+        let cid = parse_cid(root).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let resp = self
+            .http
+            .delete(self.url(&format!("/v1/checkpoints/{cid}")))
+            .send()
+            .await?;
+        Ok(check(resp).await?.json().await?)
+    }
+}
+
+async fn file_matches(path: &Path, size: u64, hash: &blake3::Hash) -> Result<bool, ClientError> {
+    match tokio::fs::metadata(path).await {
+        Ok(m) if m.len() == size => {}
+        _ => return Ok(false),
+    }
+    let p = path.to_path_buf();
+    let h = tokio::task::spawn_blocking(move || -> std::io::Result<blake3::Hash> {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::open(&p)?)?;
+        Ok(h.finalize())
+    })
+    .await
+    .map_err(|e| ClientError::Invalid(e.to_string()))?
+    .map_err(io_err(path))?;
+    Ok(h == *hash)
+}
+
+/// Throughput in MiB/s.
+pub fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Seconds since `t`.
+pub fn since(t: Instant) -> Duration {
+    t.elapsed()
+}

@@ -1,0 +1,178 @@
+//! Node configuration: one TOML file, every field documented, every default named.
+//! `node/cairn.example.toml` is the reference; a test keeps it in sync with [`NodeConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cairn_erasure::Layout;
+use cairn_erasure::layout::{DEFAULT_K, DEFAULT_M, DEFAULT_STRIPE_SIZE};
+use serde::{Deserialize, Serialize};
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = ".cairn/node";
+/// Default HTTP listen address (loopback only: the API has no authentication yet).
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7070";
+/// Default capacity: 100 GiB.
+pub const DEFAULT_CAPACITY_BYTES: u64 = 100 << 30;
+/// Default limit on concurrent uploads (each holds about 1.5 stripes of memory).
+pub const DEFAULT_MAX_CONCURRENT_PUTS: usize = 2;
+
+/// Where shard bytes are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueMode {
+    /// One file per shard, RocksDB as the index (default, measured faster: ARCHITECTURE.md).
+    #[default]
+    Files,
+    /// Shard bytes inside RocksDB with BlobDB.
+    Blobdb,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Directory holding the store (created if missing).
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API. Port 0 picks a free port (printed at start).
+    pub http_listen: SocketAddr,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Most bytes of shards (plus their outboards) this node stores. Uploads beyond it fail
+    /// with "store full" (HTTP 507).
+    pub capacity_bytes: u64,
+    /// Where shard bytes live: "files" or "blobdb".
+    pub value_mode: ValueMode,
+    /// Uploads processed at the same time; more wait their turn (bounds memory).
+    pub max_concurrent_puts: usize,
+}
+
+/// `[erasure]`: defaults for uploads that do not choose their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErasureSection {
+    /// Data shards per stripe (1..=63).
+    pub k: u8,
+    /// Parity shards per stripe (k + m <= 64): any m shards of a stripe may be lost.
+    pub m: u8,
+    /// Stripe size in bytes (4 KiB ..= 1 GiB). A put holds about 1.5 stripes in memory.
+    pub stripe_size: u64,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub storage: StorageSection,
+    pub erasure: ErasureSection,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            http_listen: DEFAULT_HTTP_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            capacity_bytes: DEFAULT_CAPACITY_BYTES,
+            value_mode: ValueMode::Files,
+            max_concurrent_puts: DEFAULT_MAX_CONCURRENT_PUTS,
+        }
+    }
+}
+
+impl Default for ErasureSection {
+    fn default() -> Self {
+        Self {
+            k: DEFAULT_K,
+            m: DEFAULT_M,
+            stripe_size: DEFAULT_STRIPE_SIZE,
+        }
+    }
+}
+
+impl ErasureSection {
+    pub fn layout(&self) -> Result<Layout, cairn_erasure::ParamsError> {
+        Layout::new(self.k, self.m, self.stripe_size)
+    }
+}
+
+impl NodeConfig {
+    /// Parse and validate a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.erasure.layout().map_err(|e| e.to_string())?;
+        if cfg.storage.max_concurrent_puts == 0 {
+            return Err("storage.max_concurrent_puts must be at least 1".into());
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../cairn.example.toml");
+
+    fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let name = format!("{prefix}{k}");
+                keys(v, &format!("{name}."), out);
+                out.push(name);
+            }
+        }
+    }
+
+    #[test]
+    fn example_config_is_the_defaults_and_lists_every_field() {
+        let parsed = NodeConfig::from_toml(EXAMPLE).expect("example parses");
+        assert_eq!(
+            parsed,
+            NodeConfig::default(),
+            "example values drifted from defaults"
+        );
+        let mut want = Vec::new();
+        keys(
+            &toml::Value::try_from(NodeConfig::default()).expect("serializes"),
+            "",
+            &mut want,
+        );
+        let mut have = Vec::new();
+        keys(&toml::from_str(EXAMPLE).expect("toml"), "", &mut have);
+        want.sort();
+        have.sort();
+        assert_eq!(have, want, "example must spell out every field");
+        // Every field carries a comment line above it.
+        for line in EXAMPLE.lines().filter(|l| l.contains(" = ")) {
+            let idx = EXAMPLE.find(line).expect("line present");
+            let before = EXAMPLE[..idx].trim_end().lines().last().unwrap_or("");
+            assert!(before.starts_with('#'), "undocumented field: {line}");
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_and_invalid() {
+        assert!(NodeConfig::from_toml("[node]\nnope = 1").is_err());
+        assert!(NodeConfig::from_toml("[erasure]\nk = 0").is_err());
+        assert!(NodeConfig::from_toml("[erasure]\nk = 60\nm = 10").is_err());
+        assert!(NodeConfig::from_toml("[storage]\nmax_concurrent_puts = 0").is_err());
+        assert_eq!(
+            NodeConfig::from_toml("").expect("empty is defaults"),
+            NodeConfig::default()
+        );
+    }
+}

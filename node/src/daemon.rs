@@ -1,0 +1,122 @@
+//! A running node: the store, the HTTP server, and their shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_storage::{OpenError, RocksBackend, RocksOptions, Store};
+use thiserror::Error;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AppState, router};
+use crate::config::{NodeConfig, ValueMode};
+
+/// A node could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        dir: String,
+        #[source]
+        source: OpenError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started node. Dropping it does not stop it: call [`Node::shutdown`] and [`Node::wait`].
+pub struct Node {
+    /// The address the HTTP API listens on.
+    pub http_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Node {
+    /// Open the store and start serving.
+    pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+        let layout = config
+            .erasure
+            .layout()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let dir = config.node.data_dir.join("store");
+        let opts = RocksOptions {
+            value_mode: match config.storage.value_mode {
+                ValueMode::Files => cairn_storage::ValueMode::Files,
+                ValueMode::Blobdb => cairn_storage::ValueMode::BlobDb,
+            },
+            ..RocksOptions::default()
+        };
+        let capacity = config.storage.capacity_bytes;
+        let open_dir = dir.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            let backend = RocksBackend::open(&open_dir, &opts).map_err(OpenError::from)?;
+            Store::open(backend, capacity)
+        })
+        .await
+        .map_err(|e| StartError::Config(format!("store opener failed: {e}")))?
+        .map_err(|source| StartError::Store {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        let addr = config.node.http_listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let state = AppState {
+            store,
+            default_layout: layout,
+            put_permits: Arc::new(Semaphore::new(config.storage.max_concurrent_puts)),
+            max_puts: config.storage.max_concurrent_puts,
+            started: Instant::now(),
+        };
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, router(state))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        tracing::info!(%http_addr, data_dir = %config.node.data_dir.display(), "node started");
+        Ok(Node {
+            http_addr,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Ask every task to stop.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A token that stops the node when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Wait for every task to finish.
+    pub async fn wait(mut self) {
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "node task failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The Cairn node: HTTP API over the shard store, the put/get pipelines, and the client the
+//! command line uses. The binary (`cairn`) is `main.rs` + `cli.rs`.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod pipeline;
+pub mod sample;

@@ -1,0 +1,178 @@
+//! The `cairn` binary.
+
+mod cli;
+mod demo;
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use cairn_node::client::{Client, PutOptions, mib_per_sec};
+use cairn_node::config::NodeConfig;
+use cairn_node::daemon::Node;
+use clap::Parser;
+use cli::{Cli, Command, NodeCommand};
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let mut client = Client::new(&cli.node);
+    client.progress = !cli.quiet;
+    match cli.command {
+        Command::Node {
+            command: NodeCommand::Run { config },
+        } => {
+            let cfg = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    NodeConfig::from_toml(&text)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("in {}", path.display()))?
+                }
+                None => NodeConfig::default(),
+            };
+            let node = Node::start(cfg).await?;
+            // Tests and scripts wait for this line (the port is chosen at start with port 0).
+            println!("cairn node listening on http://{}", node.http_addr);
+            let cancel = node.cancel_token();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                cancel.cancel();
+            });
+            node.wait().await;
+        }
+        Command::Put {
+            path,
+            name,
+            k,
+            m,
+            stripe_size,
+        } => {
+            let t = Instant::now();
+            let opts = PutOptions {
+                name,
+                k,
+                m,
+                stripe_size,
+            };
+            let a = client.put(&path, &opts).await?;
+            eprintln!(
+                "stored {} files, {} bytes, {} stripes, {} shards in {:.2}s ({:.0} MiB/s)",
+                a.files,
+                a.size,
+                a.stripes,
+                a.shards,
+                t.elapsed().as_secs_f64(),
+                mib_per_sec(a.size, t.elapsed())
+            );
+            println!("{}", a.root);
+        }
+        Command::Get {
+            cid,
+            output,
+            file,
+            range,
+        } => {
+            let t = Instant::now();
+            match file {
+                Some(file) => {
+                    let range = range
+                        .as_deref()
+                        .map(cli::parse_range)
+                        .transpose()
+                        .map_err(anyhow::Error::msg)?;
+                    let n = match output {
+                        Some(path) => {
+                            let mut f = tokio::fs::File::create(&path)
+                                .await
+                                .with_context(|| format!("creating {}", path.display()))?;
+                            client.read(&cid, &file, range, &mut f).await?
+                        }
+                        None => {
+                            client
+                                .read(&cid, &file, range, &mut tokio::io::stdout())
+                                .await?
+                        }
+                    };
+                    eprintln!("read {n} bytes in {:.2}s", t.elapsed().as_secs_f64());
+                }
+                None => {
+                    let out = output.unwrap_or_else(|| std::path::PathBuf::from(&cid));
+                    let s = client.get(&cid, &out).await?;
+                    eprintln!(
+                        "{} files ({} already present), {} bytes verified into {} in {:.2}s ({:.0} MiB/s)",
+                        s.files,
+                        s.skipped_files,
+                        s.total,
+                        out.display(),
+                        t.elapsed().as_secs_f64(),
+                        mib_per_sec(s.transferred, t.elapsed())
+                    );
+                }
+            }
+        }
+        Command::Ls => {
+            let list = client.json("/v1/checkpoints").await?;
+            for c in list.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:>14}  {:>5} files  {}",
+                    c["root"].as_str().unwrap_or("?"),
+                    c["size"],
+                    c["files"],
+                    c["name"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Command::Stat { cid, verify } => {
+            let v = client
+                .json(&format!("/v1/checkpoints/{cid}/stat?verify={verify}"))
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            if v["health"] == "unrecoverable" {
+                bail!("checkpoint {cid} has stripes that cannot be reconstructed");
+            }
+        }
+        Command::Rm { cid } => {
+            let v = client.rm(&cid).await?;
+            println!("unpinned {cid}, freed {} shards", v["freed_shards"]);
+        }
+        Command::Sample { dir, size } => {
+            let n = cairn_node::sample::write_sample(&dir, size, 0x5eed)?;
+            println!("wrote {n} bytes into {}", dir.display());
+        }
+        Command::Demo { size, dir } => demo::run(size, dir, !cli.quiet).await?,
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,570 @@
+//! The put and get data paths, synchronous: they run on blocking threads and do CPU work
+//! (coding, hashing) and store I/O. The HTTP layer feeds them through bounded channels.
+
+use std::io::Read;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cairn_erasure::manifest::validate_path;
+use cairn_erasure::stripe::decode_stripe;
+use cairn_erasure::{Cid, Coder, FileEntry, Layout, Manifest, ManifestError, Stripe};
+use cairn_storage::{Backend, CommitError, PutError, PutSession, ReadError, Store};
+use thiserror::Error;
+
+/// An upload could not be stored.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    #[error("upload body ended early or could not be read: {0}")]
+    Body(std::io::Error),
+    #[error("invalid archive: {0}")]
+    Archive(String),
+    #[error(
+        "unsupported entry {path:?} in archive: only regular files and directories are accepted"
+    )]
+    EntryType { path: String },
+    #[error("path {0:?} appears twice in the upload")]
+    DuplicatePath(String),
+    #[error("upload contains no files")]
+    Empty,
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Put(#[from] PutError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
+
+/// What an upload carries.
+pub enum Upload<R> {
+    /// One file, stored under `path`.
+    File { path: String, reader: R },
+    /// A tar archive of a folder.
+    Tar(R),
+}
+
+/// Encodes files into a put session, reusing its stripe buffers.
+struct Encoder<'a, B: Backend> {
+    session: &'a mut PutSession<B>,
+    layout: Layout,
+    coder: Coder,
+    buf: Vec<u8>,
+    parity: Vec<Vec<u8>>,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<B: Backend> Encoder<'_, B> {
+    fn file(&mut self, path: &str, reader: &mut dyn Read) -> Result<FileEntry, IngestError> {
+        validate_path(path)?;
+        let stripe_size = usize::try_from(self.layout.stripe_size()).expect("stripe size <= 1 GiB");
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let mut stripes = Vec::new();
+        loop {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            buf.reserve(stripe_size + self.layout.k());
+            let n = reader
+                .take(stripe_size as u64)
+                .read_to_end(&mut buf)
+                .map_err(IngestError::Body)?;
+            if n == 0 {
+                self.buf = buf;
+                break;
+            }
+            size += n as u64;
+            // The whole-file hash runs beside the stripe's coding and shard hashing: both
+            // only read the stripe.
+            let stripe = Stripe::new(&self.layout, buf);
+            let parity = std::mem::take(&mut self.parity);
+            let coded = std::thread::scope(|s| {
+                s.spawn(|| {
+                    hasher.update(stripe.bytes());
+                });
+                stripe.code(&self.coder, &self.layout, parity)
+            });
+            let enc = stripe.finish(coded);
+            for (i, meta) in enc.shards.iter().enumerate() {
+                self.session.put_shard(meta, enc.shard(i))?;
+            }
+            stripes.push(enc.cids());
+            (self.progress)(n as u64);
+            let (b, p) = enc.into_buffers();
+            self.buf = b;
+            self.parity = p;
+            if n < stripe_size {
+                break;
+            }
+        }
+        Ok(FileEntry {
+            path: path.to_owned(),
+            size,
+            blake3: hasher.finalize().as_bytes().to_vec(),
+            stripes,
+        })
+    }
+}
+
+/// Records the first error the underlying reader returned, so that a truncated upload is told
+/// apart from a malformed archive.
+struct Tracked<R> {
+    inner: R,
+    failed: Option<std::io::ErrorKind>,
+}
+
+impl<R: Read> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            self.failed.get_or_insert(e.kind());
+        })
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Store an upload and commit it as a pinned checkpoint. Nothing is pinned unless every byte
+/// arrived and every shard was stored; on error, the shards written so far are removed.
+/// `progress` is called with the number of file bytes stored after each stripe.
+pub fn ingest<B: Backend, R: Read>(
+    store: &Store<B>,
+    layout: Layout,
+    upload: Upload<R>,
+    name: &str,
+    progress: &dyn Fn(u64),
+) -> Result<(Cid, Manifest), IngestError> {
+    let mut session = store.begin_put();
+    let mut enc = Encoder {
+        session: &mut session,
+        layout,
+        coder: Coder::new(&layout),
+        buf: Vec::new(),
+        parity: Vec::new(),
+        progress,
+    };
+    let mut files = Vec::new();
+    match upload {
+        Upload::File { path, reader } => {
+            let mut reader = reader;
+            files.push(enc.file(&path, &mut reader)?);
+        }
+        Upload::Tar(reader) => {
+            let mut archive = tar::Archive::new(Tracked {
+                inner: reader,
+                failed: None,
+            });
+            let mut seen = std::collections::BTreeSet::new();
+            let result = (|| -> Result<(), IngestError> {
+                let archive_err = |e: std::io::Error| IngestError::Archive(e.to_string());
+                for entry in archive.entries().map_err(archive_err)? {
+                    let mut entry = entry.map_err(archive_err)?;
+                    let kind = entry.header().entry_type();
+                    let raw = entry.path().map_err(archive_err)?;
+                    let path = raw.to_string_lossy().replace('\\', "/");
+                    let path = path
+                        .trim_start_matches("./")
+                        .trim_end_matches('/')
+                        .to_owned();
+                    if kind.is_dir() || path.is_empty() {
+                        continue;
+                    }
+                    if !kind.is_file() {
+                        return Err(IngestError::EntryType { path });
+                    }
+                    if !seen.insert(path.clone()) {
+                        return Err(IngestError::DuplicatePath(path));
+                    }
+                    files.push(enc.file(&path, &mut entry)?);
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                let failed = archive.into_inner().failed;
+                return Err(match (failed, e) {
+                    (Some(kind), e @ (IngestError::Archive(_) | IngestError::Body(_))) => {
+                        IngestError::Body(std::io::Error::new(kind, e.to_string()))
+                    }
+                    (_, e) => e,
+                });
+            }
+        }
+    }
+    drop(enc);
+    if files.is_empty() {
+        return Err(IngestError::Empty);
+    }
+    let manifest = Manifest::new(&layout, files)?;
+    let root = session.commit(&manifest, name, now_unix())?;
+    Ok((root, manifest))
+}
+
+/// A read that cannot be served.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GetError {
+    /// Too few intact shards remain in a stripe.
+    #[error(
+        "stripe {stripe} of {path:?} cannot be reconstructed: {available} of {total} shards intact, {needed} needed ({detail})"
+    )]
+    Unrecoverable {
+        path: String,
+        stripe: u64,
+        available: usize,
+        needed: usize,
+        total: usize,
+        detail: String,
+    },
+    /// Reconstruction produced bytes that do not match the manifest (should not happen).
+    #[error("stripe {stripe} of {path:?}: reconstructed shard {shard} does not match its cid")]
+    Reconstructed {
+        path: String,
+        stripe: u64,
+        shard: usize,
+    },
+    #[error(transparent)]
+    Store(#[from] ReadError),
+    #[error(transparent)]
+    Backend(#[from] cairn_storage::BackendError),
+}
+
+/// Reads files of one checkpoint, verified, reconstructing stripes from parity when needed.
+pub struct FileReader<'a, B: Backend> {
+    store: &'a Store<B>,
+    layout: Layout,
+    coder: Coder,
+}
+
+impl<'a, B: Backend> FileReader<'a, B> {
+    pub fn new(store: &'a Store<B>, layout: Layout) -> Self {
+        Self {
+            store,
+            layout,
+            coder: Coder::new(&layout),
+        }
+    }
+
+    /// Cheap pre-flight: every stripe touched by `[start, end)` has at least `k` shards whose
+    /// bytes are present (not verified). Lets a request fail before any byte is sent.
+    pub fn preflight(&self, file: &FileEntry, start: u64, end: u64) -> Result<(), GetError> {
+        if start >= end {
+            return Ok(());
+        }
+        let first = start / self.layout.stripe_size();
+        let last = (end - 1) / self.layout.stripe_size();
+        for stripe in first..=last {
+            let cids = &file.stripes[usize::try_from(stripe).expect("stripe index fits usize")];
+            let mut missing = Vec::new();
+            for (i, cid) in cids.iter().enumerate() {
+                if !self.store.shard_present(cid)? {
+                    missing.push(i);
+                }
+            }
+            let available = cids.len() - missing.len();
+            if available < self.layout.k() {
+                return Err(GetError::Unrecoverable {
+                    path: file.path.clone(),
+                    stripe,
+                    available,
+                    needed: self.layout.k(),
+                    total: cids.len(),
+                    detail: format!("shards {missing:?} missing"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stream bytes `[start, end)` of `file` to `emit`, in order, in pieces of at most one
+    /// shard. Every byte is verified before `emit` sees it. Stops early when `emit` returns
+    /// `false` (the reader went away).
+    pub fn read(
+        &self,
+        file: &FileEntry,
+        start: u64,
+        end: u64,
+        emit: &mut dyn FnMut(Vec<u8>) -> bool,
+    ) -> Result<(), GetError> {
+        let pieces = self.layout.pieces(file.size, start, end);
+        let mut rebuilt: Option<(u64, Vec<u8>)> = None;
+        for p in pieces {
+            let cids = &file.stripes[usize::try_from(p.stripe).expect("stripe index fits usize")];
+            let shard_len = self
+                .layout
+                .shard_len(self.layout.stripe_len(file.size, p.stripe));
+            let from_rebuilt = |data: &Vec<u8>| {
+                let at = usize::try_from(p.shard as u64 * shard_len + p.offset).expect("in stripe");
+                data[at..at + usize::try_from(p.len).expect("in stripe")].to_vec()
+            };
+            let bytes = match &rebuilt {
+                Some((s, data)) if *s == p.stripe => from_rebuilt(data),
+                _ => match self
+                    .store
+                    .read_shard_range(&cids[p.shard], p.offset, p.offset + p.len)
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(path = %file.path, stripe = p.stripe, shard = p.shard, error = %e, "data shard unreadable, reconstructing stripe");
+                        let data = self.rebuild(file, p.stripe)?;
+                        let out = from_rebuilt(&data);
+                        rebuilt = Some((p.stripe, data));
+                        out
+                    }
+                },
+            };
+            if !emit(bytes) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild a whole stripe from any `k` intact shards, verify the rebuilt data shards
+    /// against their CIDs, and write back the ones that were damaged.
+    pub fn rebuild(&self, file: &FileEntry, stripe: u64) -> Result<Vec<u8>, GetError> {
+        let cids = &file.stripes[usize::try_from(stripe).expect("stripe index fits usize")];
+        let stripe_len = self.layout.stripe_len(file.size, stripe);
+        let k = self.layout.k();
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; cids.len()];
+        let mut failures = Vec::new();
+        let mut available = 0;
+        for (i, cid) in cids.iter().enumerate() {
+            if available == k {
+                break;
+            }
+            match self.store.read_shard(cid) {
+                Ok(b) => {
+                    shards[i] = Some(b);
+                    available += 1;
+                }
+                Err(ReadError::Backend(e)) => return Err(ReadError::Backend(e).into()),
+                Err(e) => failures.push(format!("shard {i}: {e}")),
+            }
+        }
+        if available < k {
+            return Err(GetError::Unrecoverable {
+                path: file.path.clone(),
+                stripe,
+                available,
+                needed: k,
+                total: cids.len(),
+                detail: failures.join("; "),
+            });
+        }
+        let damaged: Vec<usize> = (0..k).filter(|&i| shards[i].is_none()).collect();
+        let data = decode_stripe(&self.coder, &self.layout, stripe_len, shards).map_err(|e| {
+            GetError::Unrecoverable {
+                path: file.path.clone(),
+                stripe,
+                available,
+                needed: k,
+                total: cids.len(),
+                detail: e.to_string(),
+            }
+        })?;
+        let shard_len = usize::try_from(self.layout.shard_len(stripe_len)).expect("in memory");
+        for i in damaged {
+            let mut shard = vec![0u8; shard_len];
+            let lo = (i * shard_len).min(data.len());
+            let hi = ((i + 1) * shard_len).min(data.len());
+            shard[..hi - lo].copy_from_slice(&data[lo..hi]);
+            if cairn_erasure::shard_cid(&blake3::hash(&shard)) != cids[i] {
+                return Err(GetError::Reconstructed {
+                    path: file.path.clone(),
+                    stripe,
+                    shard: i,
+                });
+            }
+            if let Err(e) = self.store.repair_shard(&cids[i], &shard) {
+                tracing::warn!(cid = %cids[i], error = %e, "could not write back a repaired shard");
+            }
+        }
+        Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_storage::MemBackend;
+
+    fn layout() -> Layout {
+        Layout::new(4, 2, 8192).expect("valid")
+    }
+
+    fn bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        crate::sample::fill_random(&mut (seed | 1), &mut v);
+        v
+    }
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            // Raw name bytes: the builder would refuse the hostile paths some tests need.
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, *data).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    fn read_all(
+        store: &Store<MemBackend>,
+        m: &Manifest,
+        path: &str,
+        a: u64,
+        b: u64,
+    ) -> Result<Vec<u8>, GetError> {
+        let f = m.file(path).expect("file");
+        let mut out = Vec::new();
+        FileReader::new(store, m.layout().expect("layout")).read(f, a, b, &mut |c| {
+            out.extend_from_slice(&c);
+            true
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn tar_upload_round_trips_with_ranges_and_repairs() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let w = bytes(100_000, 1);
+        let c = br#"{"hidden_size": 8}"#.to_vec();
+        let tar = tar_of(&[
+            ("./model.safetensors", &w),
+            ("config.json", &c),
+            ("empty", b""),
+        ]);
+        let (root, m) =
+            ingest(&store, layout(), Upload::Tar(&tar[..]), "t", &|_| {}).expect("ingest");
+        assert_eq!(m.files.len(), 3);
+        assert_eq!(store.manifest(&root).expect("stored"), m);
+        assert_eq!(
+            read_all(&store, &m, "model.safetensors", 0, 100_000).expect("read"),
+            w
+        );
+        assert_eq!(
+            read_all(&store, &m, "config.json", 0, c.len() as u64).expect("read"),
+            c
+        );
+        assert_eq!(read_all(&store, &m, "empty", 0, 0).expect("read"), b"");
+        assert_eq!(
+            read_all(&store, &m, "model.safetensors", 8000, 8500).expect("read"),
+            &w[8000..8500]
+        );
+
+        // Lose m = 2 shards of every stripe: still byte-identical, and data shards repaired.
+        let f = m.file("model.safetensors").expect("file");
+        for (i, s) in f.stripes.iter().enumerate() {
+            store.backend().drop_blob(&s[i % 4].to_bytes());
+            store
+                .backend()
+                .flip_blob_byte(&s[(i + 1) % 6].to_bytes(), i);
+        }
+        assert_eq!(
+            read_all(&store, &m, "model.safetensors", 0, 100_000).expect("rebuilt"),
+            w
+        );
+        for s in &f.stripes {
+            for cid in &s[..4] {
+                assert_eq!(
+                    store.check_shard(cid).expect("check"),
+                    cairn_storage::ShardStatus::Ok
+                );
+            }
+        }
+        // Lose m + 1 of stripe 3: a clear error naming it, from preflight and from the read.
+        for cid in &f.stripes[3][..3] {
+            store.backend().drop_blob(&cid.to_bytes());
+        }
+        let reader = FileReader::new(&store, layout());
+        let err = reader
+            .preflight(f, 0, f.size)
+            .expect_err("stripe 3 is gone");
+        assert!(err.to_string().contains("stripe 3"), "{err}");
+        reader
+            .preflight(f, 0, 3 * 8192)
+            .expect("stripes before it are fine");
+        let err = read_all(&store, &m, "model.safetensors", 0, 100_000).expect_err("gone");
+        assert!(
+            matches!(err, GetError::Unrecoverable { stripe: 3, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncated_and_bad_archives_leave_nothing() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let tar = tar_of(&[("a.bin", &bytes(50_000, 2)), ("b.bin", &bytes(50_000, 3))]);
+        let cut = &tar[..tar.len() / 2 + 100];
+        let err =
+            ingest(&store, layout(), Upload::Tar(Failing(cut)), "t", &|_| {}).expect_err("cut");
+        assert!(matches!(err, IngestError::Body(_)), "{err}");
+        let dup = tar_of(&[("a", b"1"), ("a", b"2")]);
+        let err = ingest(&store, layout(), Upload::Tar(&dup[..]), "t", &|_| {}).expect_err("dup");
+        assert!(matches!(err, IngestError::DuplicatePath(_)), "{err}");
+        let evil = tar_of(&[("../../etc/x", b"1")]);
+        assert!(ingest(&store, layout(), Upload::Tar(&evil[..]), "t", &|_| {}).is_err());
+        let err = ingest(
+            &store,
+            layout(),
+            Upload::Tar(&[0u8; 1024][..]),
+            "t",
+            &|_| {},
+        )
+        .expect_err("empty");
+        assert!(matches!(err, IngestError::Empty), "{err}");
+        let mut link = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_cksum();
+        link.append_link(&mut h, "l", "/etc/passwd").expect("link");
+        let link = link.into_inner().expect("tar");
+        let err = ingest(&store, layout(), Upload::Tar(&link[..]), "t", &|_| {}).expect_err("link");
+        assert!(matches!(err, IngestError::EntryType { .. }), "{err}");
+        let st = store.stats();
+        assert_eq!((st.shards, st.used_bytes), (0, 0));
+        assert!(store.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn store_full_is_reported_and_cleaned_up() {
+        let store = Store::open(MemBackend::new(), 20_000).expect("open");
+        let data = bytes(60_000, 9);
+        let err = ingest(
+            &store,
+            layout(),
+            Upload::File {
+                path: "x".into(),
+                reader: &data[..],
+            },
+            "x",
+            &|_| {},
+        )
+        .expect_err("full");
+        assert!(
+            matches!(err, IngestError::Put(PutError::StoreFull { .. })),
+            "{err}"
+        );
+        assert_eq!(store.stats().used_bytes, 0);
+    }
+
+    /// A reader that fails (like a dropped connection) after its bytes run out.
+    struct Failing<'a>(&'a [u8]);
+    impl Read for Failing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset",
+                ));
+            }
+            self.0.read(buf)
+        }
+    }
+}

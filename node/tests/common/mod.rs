@@ -1,0 +1,160 @@
+//! Harness for end-to-end tests: real `cairn` processes on loopback with real RocksDB stores.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A node process. Killed when dropped.
+pub struct NodeProc {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    config: PathBuf,
+}
+
+impl NodeProc {
+    /// Start a node whose data lives in `dir`, with extra TOML appended to its config.
+    pub fn start(dir: &Path, extra: &str) -> NodeProc {
+        let data_dir = dir.join("node");
+        let config = dir.join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n{extra}",
+                data_dir.display().to_string()
+            ),
+        )
+        .expect("write config");
+        Self::spawn(config, data_dir)
+    }
+
+    fn spawn(config: PathBuf, data_dir: PathBuf) -> NodeProc {
+        let mut child = Command::new(BIN)
+            .args(["node", "run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cairn node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read node stdout");
+        let url = line
+            .trim()
+            .strip_prefix("cairn node listening on ")
+            .unwrap_or_else(|| panic!("node did not start: {line:?}"))
+            .to_owned();
+        NodeProc {
+            child,
+            url,
+            data_dir,
+            config,
+        }
+    }
+
+    /// Restart with the same config and data (the port may change).
+    pub fn restart(mut self) -> NodeProc {
+        self.stop();
+        let (config, data_dir) = (self.config.clone(), self.data_dir.clone());
+        Self::spawn(config, data_dir)
+    }
+
+    /// SIGTERM and wait for exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    /// Run the CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--node")
+            .arg(&self.url)
+            .arg("--quiet")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run cairn cli")
+    }
+
+    /// GET a JSON document.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("{}{path}", self.url)])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).expect("json answer")
+    }
+
+    /// Wait until `pred` holds for the node's status (polled; fails after `secs`).
+    pub fn wait_status(
+        &self,
+        secs: u64,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.json("/v1/status");
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "status never matched: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Successful CLI output's stdout, trimmed; panics with stderr otherwise.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// Assert two folders hold the same files with the same bytes.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let fa = cairn_node::client::walk(a).expect("walk a");
+    let fb = cairn_node::client::walk(b).expect("walk b");
+    let names = |v: &Vec<(PathBuf, String, u64)>| v.iter().map(|f| f.1.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&fa), names(&fb), "file lists differ");
+    for ((pa, rel, _), (pb, _, _)) in fa.iter().zip(&fb) {
+        let (x, y) = (
+            std::fs::read(pa).expect("read"),
+            std::fs::read(pb).expect("read"),
+        );
+        assert!(x == y, "{rel} differs");
+    }
+}

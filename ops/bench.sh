@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Benchmarks, in one run on this machine: raw coding and hashing against the put and get
+# pipelines (ratios), then the node's peak RSS during a 4 GiB put and get.
+# CAIRN_BENCH_GIB sets the RSS run's size (default 4).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./ops/install.sh
+cargo build --release -p cairn-node --bin cairn
+cargo bench -p cairn-node --bench pipeline
+
+gib=${CAIRN_BENCH_GIB:-4}
+work=$(mktemp -d)
+trap 'kill $node_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+cairn=./target/release/cairn
+printf '[node]\ndata_dir = "%s/node"\nhttp_listen = "127.0.0.1:0"\n' "$work" > "$work/node.toml"
+$cairn node run --config "$work/node.toml" > "$work/node.out" 2> "$work/node.log" &
+node_pid=$!
+until grep -q 'listening on' "$work/node.out"; do sleep 0.1; done
+url=$(sed -n 's/^cairn node listening on //p' "$work/node.out")
+head -c $((gib << 30)) /dev/urandom > "$work/big.bin"
+start=$(date +%s.%N)
+root=$($cairn --quiet --node "$url" put "$work/big.bin")
+mid=$(date +%s.%N)
+$cairn --quiet --node "$url" get "$root" --file big.bin -o /dev/null
+end=$(date +%s.%N)
+hwm=$(awk '/VmHWM/ {print $2}' /proc/$node_pid/status)
+echo "node, ${gib} GiB file over HTTP on loopback:"
+awk -v s="$start" -v m="$mid" -v e="$end" -v g="$gib" \
+  'BEGIN { printf "  put %.2f GiB/s, get %.2f GiB/s\n", g/(m-s), g/(e-m) }'
+echo "  node peak RSS (VmHWM): $((hwm / 1024)) MiB (target <= 256 MiB)"

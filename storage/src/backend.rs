@@ -1,0 +1,86 @@
+use crate::error::BackendError;
+
+/// One write of an atomic index batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// The storage engine under a [`Store`](crate::Store): an ordered key-value index with atomic
+/// batches, and a blob area for shard bytes.
+///
+/// Contract, relied on for crash safety:
+/// - `write(batch, true)` is atomic and durable when it returns, and makes every earlier
+///   `write` durable too.
+/// - `put_blob` need not be durable until `sync_blobs` returns.
+/// - After a crash, any blob or non-durable index write may be lost, partially written or
+///   present; the store sweeps what no committed manifest references when it opens.
+pub trait Backend: Send + Sync + 'static {
+    /// Read one index value.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
+    /// Apply a batch atomically; `durable` waits for it (and all before it) to reach disk.
+    fn write(&self, batch: Vec<BatchOp>, durable: bool) -> Result<(), BackendError>;
+    /// Visit every index entry whose key starts with `prefix`, in key order, until `visit`
+    /// returns `false`.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), BackendError>;
+
+    /// Store blob bytes under `key` (replacing any).
+    fn put_blob(&self, key: &[u8], data: &[u8]) -> Result<(), BackendError>;
+    /// Read `len` bytes at `offset` of a blob; `None` if there is no such blob. A blob shorter
+    /// than asked returns what it has (the caller verifies).
+    fn read_blob(&self, key: &[u8], offset: u64, len: u64)
+    -> Result<Option<Vec<u8>>, BackendError>;
+    /// Whether a blob exists (without reading it).
+    fn has_blob(&self, key: &[u8]) -> Result<bool, BackendError>;
+    /// Remove a blob (no error if absent).
+    fn delete_blob(&self, key: &[u8]) -> Result<(), BackendError>;
+    /// Make every blob written so far durable.
+    fn sync_blobs(&self) -> Result<(), BackendError>;
+    /// Visit the key of every blob present.
+    fn list_blobs(&self, visit: &mut dyn FnMut(&[u8])) -> Result<(), BackendError>;
+}
+
+/// A shared backend is a backend (lets tests keep a handle across a store's reopen).
+impl<B: Backend> Backend for std::sync::Arc<B> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        (**self).get(key)
+    }
+    fn write(&self, batch: Vec<BatchOp>, durable: bool) -> Result<(), BackendError> {
+        (**self).write(batch, durable)
+    }
+    fn scan(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), BackendError> {
+        (**self).scan(prefix, visit)
+    }
+    fn put_blob(&self, key: &[u8], data: &[u8]) -> Result<(), BackendError> {
+        (**self).put_blob(key, data)
+    }
+    fn read_blob(
+        &self,
+        key: &[u8],
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, BackendError> {
+        (**self).read_blob(key, offset, len)
+    }
+    fn has_blob(&self, key: &[u8]) -> Result<bool, BackendError> {
+        (**self).has_blob(key)
+    }
+    fn delete_blob(&self, key: &[u8]) -> Result<(), BackendError> {
+        (**self).delete_blob(key)
+    }
+    fn sync_blobs(&self) -> Result<(), BackendError> {
+        (**self).sync_blobs()
+    }
+    fn list_blobs(&self, visit: &mut dyn FnMut(&[u8])) -> Result<(), BackendError> {
+        (**self).list_blobs(visit)
+    }
+}

@@ -1,0 +1,873 @@
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cairn_erasure::{Cid, Manifest, Outboard, ShardMeta, shard_hash};
+use tracing::{debug, warn};
+
+use crate::backend::{Backend, BatchOp};
+use crate::error::{BackendError, CommitError, OpenError, PutError, ReadError, UnpinError};
+
+/// `s/<shard cid>` -> outboard bytes. Present iff the shard's bytes were stored.
+const SHARD: &[u8] = b"s/";
+/// `r/<shard cid>` -> `[1][u64 LE]`: how many pinned checkpoints reference the shard.
+const REFS: &[u8] = b"r/";
+/// `m/<root cid>` -> checkpoint record (see [`encode_record`]).
+const CHECKPOINT: &[u8] = b"m/";
+
+const RECORD_VERSION: u8 = 1;
+
+fn key(prefix: &[u8], cid: &Cid) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&cid.to_bytes());
+    k
+}
+
+/// `[1][created: u64 LE unix seconds][name len: u16 LE][name: utf-8][manifest: dag-cbor]`.
+fn encode_record(created: u64, name: &str, manifest: &[u8]) -> Vec<u8> {
+    let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+    let mut out = Vec::with_capacity(11 + name.len() + manifest.len());
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&created.to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(manifest);
+    out
+}
+
+fn decode_record(bytes: &[u8]) -> Result<(u64, String, &[u8]), String> {
+    let (&v, rest) = bytes.split_first().ok_or("empty record")?;
+    if v != RECORD_VERSION {
+        return Err(format!("unknown record version {v}"));
+    }
+    let (created, rest) = rest.split_first_chunk::<8>().ok_or("truncated record")?;
+    let (name_len, rest) = rest.split_first_chunk::<2>().ok_or("truncated record")?;
+    let name_len = usize::from(u16::from_le_bytes(*name_len));
+    if rest.len() < name_len {
+        return Err("truncated record name".into());
+    }
+    let (name, manifest) = rest.split_at(name_len);
+    let name = String::from_utf8(name.to_vec()).map_err(|_| "record name is not utf-8")?;
+    Ok((u64::from_le_bytes(*created), name, manifest))
+}
+
+fn decode_refs(bytes: &[u8]) -> Option<u64> {
+    match bytes {
+        [RECORD_VERSION, rest @ ..] => rest.try_into().ok().map(u64::from_le_bytes),
+        _ => None,
+    }
+}
+
+fn encode_refs(n: u64) -> Vec<u8> {
+    let mut v = vec![RECORD_VERSION];
+    v.extend_from_slice(&n.to_le_bytes());
+    v
+}
+
+/// A pinned checkpoint, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    pub root: Cid,
+    pub name: String,
+    /// Unix seconds when it was committed.
+    pub created: u64,
+    pub files: usize,
+    pub size: u64,
+}
+
+/// What a verified read of one shard found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardStatus {
+    Ok,
+    Missing,
+    Corrupt(String),
+}
+
+/// Counters and gauges of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes of shards and outboards held.
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub shards: u64,
+    /// Reads that found bytes not matching their CID (since start).
+    pub corrupt_reads: u64,
+}
+
+struct Inner<B> {
+    backend: B,
+    capacity: u64,
+    used: AtomicU64,
+    shards: AtomicU64,
+    corrupt_reads: AtomicU64,
+    /// Serializes commits and unpins (reference count updates).
+    commit: Mutex<()>,
+    /// Shards written or claimed by uploads not yet committed: never garbage-collected.
+    pending: Mutex<HashMap<Cid, usize>>,
+}
+
+/// Verified shard and checkpoint store. Cheap to clone.
+pub struct Store<B: Backend> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B: Backend> Clone for Store<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Store<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves no half-applied state in memory that matters:
+    // the data is in the backend. Keep going.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<B: Backend> Store<B> {
+    /// Open a store over `backend` with a capacity in bytes, removing anything a crash left
+    /// behind that no committed checkpoint references.
+    pub fn open(backend: B, capacity: u64) -> Result<Self, OpenError> {
+        let inner = Inner {
+            backend,
+            capacity,
+            used: AtomicU64::new(0),
+            shards: AtomicU64::new(0),
+            corrupt_reads: AtomicU64::new(0),
+            commit: Mutex::new(()),
+            pending: Mutex::new(HashMap::new()),
+        };
+        let store = Self {
+            inner: Arc::new(inner),
+        };
+        store.sweep()?;
+        Ok(store)
+    }
+
+    /// The backend (tests use it to inject faults).
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    fn sweep(&self) -> Result<(), OpenError> {
+        let b = &self.inner.backend;
+        let mut orphans = Vec::new();
+        let mut bad = None;
+        let (mut used, mut count) = (0u64, 0u64);
+        let mut refs_err = None;
+        b.scan(SHARD, &mut |k, v| {
+            let cid_bytes = &k[SHARD.len()..];
+            let referenced = {
+                let mut rk = REFS.to_vec();
+                rk.extend_from_slice(cid_bytes);
+                match b.get(&rk) {
+                    Ok(r) => r.and_then(|r| decode_refs(&r)).unwrap_or(0) > 0,
+                    Err(e) => {
+                        refs_err = Some(e);
+                        return false;
+                    }
+                }
+            };
+            if !referenced {
+                orphans.push(cid_bytes.to_vec());
+                return true;
+            }
+            match Outboard::from_bytes(v) {
+                Ok(ob) => {
+                    used += ob.len() + ob.encoded_len() as u64;
+                    count += 1;
+                }
+                Err(e) => {
+                    bad = Some((format!("{k:02x?}"), e.to_string()));
+                    return false;
+                }
+            }
+            true
+        })?;
+        if let Some(e) = refs_err {
+            return Err(e.into());
+        }
+        if let Some((key, reason)) = bad {
+            return Err(OpenError::Corrupt { key, reason });
+        }
+        let mut batch = Vec::with_capacity(orphans.len());
+        for cid in &orphans {
+            let mut k = SHARD.to_vec();
+            k.extend_from_slice(cid);
+            batch.push(BatchOp::Delete(k));
+        }
+        if !batch.is_empty() {
+            b.write(batch, false)?;
+        }
+        for cid in &orphans {
+            b.delete_blob(cid)?;
+        }
+        // Blobs without an index entry: written by an upload that never got further.
+        let mut blob_keys = Vec::new();
+        b.list_blobs(&mut |k| blob_keys.push(k.to_vec()))?;
+        let mut stray = 0usize;
+        for k in blob_keys {
+            let mut ik = SHARD.to_vec();
+            ik.extend_from_slice(&k);
+            if b.get(&ik)?.is_none() {
+                b.delete_blob(&k)?;
+                stray += 1;
+            }
+        }
+        if !orphans.is_empty() || stray > 0 {
+            warn!(
+                unreferenced = orphans.len(),
+                stray, "removed shards left by interrupted uploads"
+            );
+        }
+        self.inner.used.store(used, Ordering::Relaxed);
+        self.inner.shards.store(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            used_bytes: self.inner.used.load(Ordering::Relaxed),
+            capacity_bytes: self.inner.capacity,
+            shards: self.inner.shards.load(Ordering::Relaxed),
+            corrupt_reads: self.inner.corrupt_reads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Start an upload. Shards it stores are protected from garbage collection until it is
+    /// committed or dropped; dropping it without commit removes what only it referenced.
+    pub fn begin_put(&self) -> PutSession<B> {
+        PutSession {
+            store: self.clone(),
+            claimed: BTreeSet::new(),
+            committed: false,
+        }
+    }
+
+    fn corrupt(&self, cid: &Cid, reason: impl Into<String>) -> ReadError {
+        self.inner.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+        let reason = reason.into();
+        warn!(%cid, %reason, "corrupt shard");
+        ReadError::Corrupt {
+            cid: cid.to_string(),
+            reason,
+        }
+    }
+
+    fn outboard(&self, cid: &Cid) -> Result<(blake3::Hash, Outboard), ReadError> {
+        let hash = shard_hash(cid).map_err(|e| self.corrupt(cid, e.to_string()))?;
+        let ob = self
+            .inner
+            .backend
+            .get(&key(SHARD, cid))?
+            .ok_or(ReadError::NotFound(cid.to_string()))?;
+        let ob = Outboard::from_bytes(&ob).map_err(|e| self.corrupt(cid, e.to_string()))?;
+        ob.check(&hash)
+            .map_err(|e| self.corrupt(cid, e.to_string()))?;
+        Ok((hash, ob))
+    }
+
+    /// Whether the shard's bytes are held (not verified).
+    pub fn has_shard(&self, cid: &Cid) -> Result<bool, BackendError> {
+        Ok(self.inner.backend.get(&key(SHARD, cid))?.is_some())
+    }
+
+    /// Whether the shard is indexed and its bytes exist (not verified; cheap).
+    pub fn shard_present(&self, cid: &Cid) -> Result<bool, BackendError> {
+        Ok(self.has_shard(cid)? && self.inner.backend.has_blob(&cid.to_bytes())?)
+    }
+
+    /// Length of a stored shard.
+    pub fn shard_len(&self, cid: &Cid) -> Result<u64, ReadError> {
+        Ok(self.outboard(cid)?.1.len())
+    }
+
+    /// Read a whole shard, verified against its CID.
+    pub fn read_shard(&self, cid: &Cid) -> Result<Vec<u8>, ReadError> {
+        let (hash, ob) = self.outboard(cid)?;
+        let data = self
+            .inner
+            .backend
+            .read_blob(&cid.to_bytes(), 0, ob.len())?
+            .ok_or_else(|| self.corrupt(cid, "shard bytes are missing"))?;
+        ob.verify_all(&hash, &data)
+            .map_err(|e| self.corrupt(cid, e.to_string()))?;
+        Ok(data)
+    }
+
+    /// Read bytes `[start, end)` of a shard; only the 16 KiB groups covering them are read,
+    /// and each is verified.
+    pub fn read_shard_range(&self, cid: &Cid, start: u64, end: u64) -> Result<Vec<u8>, ReadError> {
+        let (hash, ob) = self.outboard(cid)?;
+        let (a, b) = ob.aligned(start, end).map_err(|_| ReadError::Range {
+            cid: cid.to_string(),
+            start,
+            end,
+            len: ob.len(),
+        })?;
+        let data = self
+            .inner
+            .backend
+            .read_blob(&cid.to_bytes(), a, b - a)?
+            .ok_or_else(|| self.corrupt(cid, "shard bytes are missing"))?;
+        if data.len() as u64 != b - a {
+            return Err(self.corrupt(cid, "shard bytes are truncated"));
+        }
+        ob.verify_groups(&hash, a, &data)
+            .map_err(|e| self.corrupt(cid, e.to_string()))?;
+        let from = usize::try_from(start - a).expect("within a read buffer");
+        let to = usize::try_from(end - a).expect("within a read buffer");
+        Ok(data[from..to].to_vec())
+    }
+
+    /// Verify a shard without returning it.
+    pub fn check_shard(&self, cid: &Cid) -> Result<ShardStatus, BackendError> {
+        match self.read_shard(cid) {
+            Ok(_) => Ok(ShardStatus::Ok),
+            Err(ReadError::NotFound(_)) => Ok(ShardStatus::Missing),
+            Err(ReadError::Corrupt { reason, .. }) => Ok(ShardStatus::Corrupt(reason)),
+            Err(ReadError::Range { .. }) => Ok(ShardStatus::Corrupt("bad length".into())),
+            Err(ReadError::Backend(e)) => Err(e),
+        }
+    }
+
+    /// Rewrite a shard's bytes after rebuilding them elsewhere (repair on read). The bytes are
+    /// verified against the CID first; the shard must be known to the index.
+    pub fn repair_shard(&self, cid: &Cid, data: &[u8]) -> Result<(), PutError> {
+        let hash = shard_hash(cid).map_err(|_| PutError::Verify {
+            cid: cid.to_string(),
+            source: cairn_erasure::VerifyError::Whole,
+        })?;
+        let (computed, ob) = Outboard::compute(data);
+        if computed != hash {
+            return Err(PutError::Verify {
+                cid: cid.to_string(),
+                source: cairn_erasure::VerifyError::Whole,
+            });
+        }
+        let b = &self.inner.backend;
+        let indexed = self.has_shard(cid)?;
+        b.put_blob(&cid.to_bytes(), data)?;
+        b.sync_blobs()?;
+        b.write(vec![BatchOp::Put(key(SHARD, cid), ob.to_bytes())], true)?;
+        if !indexed {
+            let n = data.len() as u64 + ob.encoded_len() as u64;
+            self.inner.used.fetch_add(n, Ordering::Relaxed);
+            self.inner.shards.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(%cid, "repaired shard");
+        Ok(())
+    }
+
+    /// The manifest of a pinned checkpoint.
+    pub fn manifest(&self, root: &Cid) -> Result<Manifest, ReadError> {
+        let record = self
+            .inner
+            .backend
+            .get(&key(CHECKPOINT, root))?
+            .ok_or(ReadError::NotFound(root.to_string()))?;
+        let (_, _, bytes) = decode_record(&record).map_err(|e| self.corrupt(root, e))?;
+        if cairn_erasure::manifest_cid(bytes) != *root {
+            return Err(self.corrupt(root, "manifest bytes do not match the root cid"));
+        }
+        Manifest::decode(bytes).map_err(|e| self.corrupt(root, e.to_string()))
+    }
+
+    /// The encoded manifest bytes of a pinned checkpoint (verified against the root).
+    pub fn manifest_bytes(&self, root: &Cid) -> Result<Vec<u8>, ReadError> {
+        let record = self
+            .inner
+            .backend
+            .get(&key(CHECKPOINT, root))?
+            .ok_or(ReadError::NotFound(root.to_string()))?;
+        let (_, _, bytes) = decode_record(&record).map_err(|e| self.corrupt(root, e))?;
+        if cairn_erasure::manifest_cid(bytes) != *root {
+            return Err(self.corrupt(root, "manifest bytes do not match the root cid"));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Pinned checkpoints, in root order.
+    pub fn list(&self) -> Result<Vec<CheckpointInfo>, ReadError> {
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.inner.backend.scan(CHECKPOINT, &mut |k, v| {
+            let Ok(root) = Cid::try_from(&k[CHECKPOINT.len()..]) else {
+                bad = Some("unparsable checkpoint key".to_string());
+                return false;
+            };
+            match decode_record(v).and_then(|(c, n, m)| {
+                Manifest::decode(m)
+                    .map(|m| (c, n, m))
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok((created, name, m)) => out.push(CheckpointInfo {
+                    root,
+                    name,
+                    created,
+                    files: m.files.len(),
+                    size: m.total_size(),
+                }),
+                Err(e) => {
+                    // Listed as a broken entry rather than hiding it.
+                    warn!(%root, error = %e, "unreadable checkpoint record");
+                    out.push(CheckpointInfo {
+                        root,
+                        name: format!("<unreadable: {e}>"),
+                        created: 0,
+                        files: 0,
+                        size: 0,
+                    });
+                }
+            }
+            true
+        })?;
+        if let Some(reason) = bad {
+            return Err(ReadError::Backend(BackendError::Rocks(reason)));
+        }
+        Ok(out)
+    }
+
+    /// Unpin a checkpoint and free every shard no other pinned checkpoint references.
+    /// Returns the number of shards freed.
+    pub fn unpin(&self, root: &Cid) -> Result<usize, UnpinError> {
+        let _guard = lock(&self.inner.commit);
+        let b = &self.inner.backend;
+        let ck = key(CHECKPOINT, root);
+        let record = b.get(&ck)?.ok_or(UnpinError::NotFound(root.to_string()))?;
+        let manifest = decode_record(&record)
+            .map_err(|reason| UnpinError::Corrupt {
+                cid: root.to_string(),
+                reason,
+            })
+            .and_then(|(_, _, m)| {
+                Manifest::decode(m).map_err(|e| UnpinError::Corrupt {
+                    cid: root.to_string(),
+                    reason: e.to_string(),
+                })
+            })?;
+        let distinct: BTreeSet<Cid> = manifest.shard_cids().copied().collect();
+        let mut batch = vec![BatchOp::Delete(ck)];
+        let mut freed = Vec::new();
+        for cid in &distinct {
+            let rk = key(REFS, cid);
+            let n = b.get(&rk)?.and_then(|v| decode_refs(&v)).unwrap_or(0);
+            if n <= 1 {
+                batch.push(BatchOp::Delete(rk));
+                freed.push(*cid);
+            } else {
+                batch.push(BatchOp::Put(rk, encode_refs(n - 1)));
+            }
+        }
+        b.write(batch, true)?;
+        let mut removed = 0;
+        for cid in &freed {
+            if self.collect(cid)? {
+                removed += 1;
+            }
+        }
+        debug!(%root, freed = removed, "unpinned checkpoint");
+        Ok(removed)
+    }
+
+    /// Delete a shard if nothing references it and no upload claims it. Caller holds the
+    /// commit lock or the shard is otherwise known unreferenced.
+    fn collect(&self, cid: &Cid) -> Result<bool, BackendError> {
+        let b = &self.inner.backend;
+        let pending = lock(&self.inner.pending);
+        if pending.contains_key(cid) {
+            return Ok(false);
+        }
+        if b.get(&key(REFS, cid))?
+            .and_then(|v| decode_refs(&v))
+            .unwrap_or(0)
+            > 0
+        {
+            return Ok(false);
+        }
+        let Some(ob) = b.get(&key(SHARD, cid))? else {
+            return Ok(false);
+        };
+        b.write(vec![BatchOp::Delete(key(SHARD, cid))], false)?;
+        b.delete_blob(&cid.to_bytes())?;
+        drop(pending);
+        if let Ok(ob) = Outboard::from_bytes(&ob) {
+            self.inner
+                .used
+                .fetch_sub(ob.len() + ob.encoded_len() as u64, Ordering::Relaxed);
+        }
+        self.inner.shards.fetch_sub(1, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+/// An upload in progress. See [`Store::begin_put`].
+pub struct PutSession<B: Backend> {
+    store: Store<B>,
+    claimed: BTreeSet<Cid>,
+    committed: bool,
+}
+
+impl<B: Backend> PutSession<B> {
+    /// Store one shard whose identity was computed from `data` by the caller (the encoder).
+    /// A shard already held is not written again.
+    pub fn put_shard(&mut self, meta: &ShardMeta, data: &[u8]) -> Result<(), PutError> {
+        if self.claim(&meta.cid)? {
+            return Ok(());
+        }
+        let inner = &self.store.inner;
+        let needed = data.len() as u64 + meta.outboard.encoded_len() as u64;
+        let before = inner.used.fetch_add(needed, Ordering::Relaxed);
+        if before + needed > inner.capacity {
+            inner.used.fetch_sub(needed, Ordering::Relaxed);
+            return Err(PutError::StoreFull {
+                needed,
+                used: before,
+                capacity: inner.capacity,
+            });
+        }
+        let write = || -> Result<(), BackendError> {
+            inner.backend.put_blob(&meta.cid.to_bytes(), data)?;
+            inner.backend.write(
+                vec![BatchOp::Put(
+                    key(SHARD, &meta.cid),
+                    meta.outboard.to_bytes(),
+                )],
+                false,
+            )
+        };
+        if let Err(e) = write() {
+            inner.used.fetch_sub(needed, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        inner.shards.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Protect a shard from garbage collection until this session ends, and say whether its
+    /// bytes are already held. Lets a manifest be pinned over shards stored earlier.
+    pub fn claim(&mut self, cid: &Cid) -> Result<bool, BackendError> {
+        let inner = &self.store.inner;
+        let mut pending = lock(&inner.pending);
+        if self.claimed.insert(*cid) {
+            *pending.entry(*cid).or_insert(0) += 1;
+        }
+        Ok(inner.backend.get(&key(SHARD, cid))?.is_some())
+    }
+
+    /// Verify shard bytes received from elsewhere against `cid`, then store them.
+    pub fn put_shard_verified(&mut self, cid: &Cid, data: &[u8]) -> Result<(), PutError> {
+        let (hash, outboard) = Outboard::compute(data);
+        if cairn_erasure::shard_cid(&hash) != *cid {
+            return Err(PutError::Verify {
+                cid: cid.to_string(),
+                source: cairn_erasure::VerifyError::Whole,
+            });
+        }
+        self.put_shard(
+            &ShardMeta {
+                cid: *cid,
+                hash,
+                outboard,
+            },
+            data,
+        )
+    }
+
+    /// Make the checkpoint durable and pinned: shards are synced first, then the manifest and
+    /// reference counts are written in one atomic, durable batch. Idempotent for a root that
+    /// is already pinned.
+    pub fn commit(
+        mut self,
+        manifest: &Manifest,
+        name: &str,
+        now_unix: u64,
+    ) -> Result<Cid, CommitError> {
+        let (bytes, root) = manifest
+            .encode_with_cid()
+            .map_err(|e| CommitError::Manifest(e.to_string()))?;
+        let inner = &self.store.inner;
+        let _guard = lock(&inner.commit);
+        let b = &inner.backend;
+        let ck = key(CHECKPOINT, &root);
+        if b.get(&ck)?.is_some() {
+            self.committed = true;
+            return Ok(root);
+        }
+        let distinct: BTreeSet<Cid> = manifest.shard_cids().copied().collect();
+        for cid in &distinct {
+            if !self.claimed.contains(cid) || b.get(&key(SHARD, cid))?.is_none() {
+                return Err(CommitError::MissingShard(cid.to_string()));
+            }
+        }
+        b.sync_blobs()?;
+        let mut batch = Vec::with_capacity(distinct.len() + 1);
+        for cid in &distinct {
+            let rk = key(REFS, cid);
+            let n = b.get(&rk)?.and_then(|v| decode_refs(&v)).unwrap_or(0);
+            batch.push(BatchOp::Put(rk, encode_refs(n + 1)));
+        }
+        batch.push(BatchOp::Put(ck, encode_record(now_unix, name, &bytes)));
+        b.write(batch, true)?;
+        self.committed = true;
+        Ok(root)
+    }
+}
+
+impl<B: Backend> Drop for PutSession<B> {
+    fn drop(&mut self) {
+        let inner = &self.store.inner;
+        {
+            let mut pending = lock(&inner.pending);
+            for cid in &self.claimed {
+                if let Some(n) = pending.get_mut(cid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        pending.remove(cid);
+                    }
+                }
+            }
+        }
+        if self.committed || self.claimed.is_empty() {
+            return;
+        }
+        let _guard = lock(&inner.commit);
+        let mut freed = 0usize;
+        for cid in &self.claimed {
+            match self.store.collect(cid) {
+                Ok(true) => freed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(%cid, error = %e, "could not remove shard of an abandoned upload; it will be swept at next open")
+                }
+            }
+        }
+        debug!(freed, "abandoned upload cleaned up");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemBackend;
+    use cairn_erasure::{Coder, FileEntry, Layout, encode_stripe};
+
+    fn layout() -> Layout {
+        Layout::new(3, 2, 64 * 1024).expect("valid")
+    }
+
+    /// Put one file of `data` through the real encoder; returns the manifest.
+    fn put_file<B: Backend>(session: &mut PutSession<B>, path: &str, data: &[u8]) -> FileEntry {
+        let layout = layout();
+        let coder = Coder::new(&layout);
+        let mut stripes = Vec::new();
+        for chunk in data.chunks(layout.stripe_size() as usize) {
+            let enc = encode_stripe(&coder, &layout, chunk.to_vec(), Vec::new());
+            for (i, meta) in enc.shards.iter().enumerate() {
+                session.put_shard(meta, enc.shard(i)).expect("put shard");
+            }
+            stripes.push(enc.cids());
+        }
+        FileEntry {
+            path: path.into(),
+            size: data.len() as u64,
+            blake3: blake3::hash(data).as_bytes().to_vec(),
+            stripes,
+        }
+    }
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        let mut x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn put_commit_read_unpin() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let mut s = store.begin_put();
+        let f = put_file(&mut s, "a.bin", &data(200_000, 1));
+        let m = Manifest::new(&layout(), vec![f]).expect("manifest");
+        let root = s.commit(&m, "a", 1).expect("commit");
+        assert_eq!(store.manifest(&root).expect("manifest"), m);
+        let list = store.list().expect("list");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].size, 200_000);
+        for cid in m.shard_cids() {
+            assert_eq!(store.check_shard(cid).expect("check"), ShardStatus::Ok);
+        }
+        let used = store.stats().used_bytes;
+        assert!(used > 200_000);
+        let freed = store.unpin(&root).expect("unpin");
+        assert_eq!(freed, 4 * 5, "4 stripes of 5 shards");
+        assert_eq!(store.stats().used_bytes, 0);
+        assert!(matches!(store.manifest(&root), Err(ReadError::NotFound(_))));
+        assert!(matches!(store.unpin(&root), Err(UnpinError::NotFound(_))));
+    }
+
+    #[test]
+    fn shared_shards_survive_unpin_of_one_checkpoint() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let shared = data(100_000, 7);
+        let mut s1 = store.begin_put();
+        let f1 = put_file(&mut s1, "shared.bin", &shared);
+        let r1 = s1
+            .commit(
+                &Manifest::new(&layout(), vec![f1.clone()]).expect("m"),
+                "one",
+                1,
+            )
+            .expect("commit");
+        let mut s2 = store.begin_put();
+        let f2 = put_file(&mut s2, "shared.bin", &shared);
+        let own = put_file(&mut s2, "own.bin", &data(5000, 9));
+        let m2 = Manifest::new(&layout(), vec![f2, own]).expect("m");
+        let r2 = s2.commit(&m2, "two", 2).expect("commit");
+        store.unpin(&r1).expect("unpin");
+        for cid in m2.shard_cids() {
+            assert_eq!(
+                store.check_shard(cid).expect("check"),
+                ShardStatus::Ok,
+                "{cid}"
+            );
+        }
+        store.unpin(&r2).expect("unpin");
+        assert_eq!(store.stats().shards, 0);
+    }
+
+    #[test]
+    fn abandoned_upload_leaves_nothing() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        {
+            let mut s = store.begin_put();
+            put_file(&mut s, "x", &data(150_000, 3));
+            assert!(store.stats().shards > 0);
+        }
+        assert_eq!(store.stats().shards, 0);
+        assert_eq!(store.stats().used_bytes, 0);
+    }
+
+    #[test]
+    fn unpin_does_not_collect_shards_claimed_by_an_upload() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let d = data(70_000, 5);
+        let mut s1 = store.begin_put();
+        let f1 = put_file(&mut s1, "f", &d);
+        let r1 = s1
+            .commit(&Manifest::new(&layout(), vec![f1]).expect("m"), "", 1)
+            .expect("commit");
+        // A second upload of the same bytes dedups against the first...
+        let mut s2 = store.begin_put();
+        let f2 = put_file(&mut s2, "f", &d);
+        // ...then the first is unpinned before the second commits.
+        store.unpin(&r1).expect("unpin");
+        let m2 = Manifest::new(&layout(), vec![f2]).expect("m");
+        let r2 = s2.commit(&m2, "", 2).expect("commit");
+        assert_eq!(r1, r2);
+        for cid in m2.shard_cids() {
+            assert_eq!(store.check_shard(cid).expect("check"), ShardStatus::Ok);
+        }
+    }
+
+    #[test]
+    fn full_store_refuses_cleanly() {
+        let store = Store::open(MemBackend::new(), 50_000).expect("open");
+        let mut s = store.begin_put();
+        let layout = layout();
+        let enc = encode_stripe(
+            &Coder::new(&layout),
+            &layout,
+            data(64 * 1024, 1),
+            Vec::new(),
+        );
+        let mut err = None;
+        for (i, meta) in enc.shards.iter().enumerate() {
+            if let Err(e) = s.put_shard(meta, enc.shard(i)) {
+                err = Some(e);
+                break;
+            }
+        }
+        assert!(matches!(
+            err,
+            Some(PutError::StoreFull {
+                capacity: 50_000,
+                ..
+            })
+        ));
+        drop(s);
+        assert_eq!(store.stats().used_bytes, 0);
+    }
+
+    #[test]
+    fn corrupt_and_missing_bytes_are_reported_never_returned() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let mut s = store.begin_put();
+        let f = put_file(&mut s, "a", &data(200_000, 2));
+        let m = Manifest::new(&layout(), vec![f]).expect("m");
+        s.commit(&m, "", 1).expect("commit");
+        let cids: Vec<Cid> = m.shard_cids().copied().collect();
+        assert!(store.backend().flip_blob_byte(&cids[0].to_bytes(), 12345));
+        assert!(matches!(
+            store.read_shard(&cids[0]),
+            Err(ReadError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.read_shard_range(&cids[0], 12000, 12500),
+            Err(ReadError::Corrupt { .. })
+        ));
+        // A range in an untouched group still reads.
+        let len = store.shard_len(&cids[0]).expect("len");
+        assert!(len > 17_100);
+        store
+            .read_shard_range(&cids[0], 17_000, 17_100)
+            .expect("other group verifies");
+        assert!(store.backend().drop_blob(&cids[1].to_bytes()));
+        assert!(matches!(
+            store.read_shard(&cids[1]),
+            Err(ReadError::Corrupt { .. })
+        ));
+        assert_eq!(store.stats().corrupt_reads, 3);
+        // Repair restores it.
+        let good = store.read_shard(&cids[2]).expect("intact");
+        store
+            .repair_shard(&cids[2], &good)
+            .expect("repair with own bytes");
+        assert!(
+            store.repair_shard(&cids[1], &good).is_err(),
+            "wrong bytes refused"
+        );
+    }
+
+    #[test]
+    fn reopen_sweeps_uncommitted_shards() {
+        let backend = std::sync::Arc::new(MemBackend::new());
+        // Simulate a crash: shards written, session leaked (never committed, never dropped).
+        let store = Store::open(backend.clone(), 1 << 30).expect("open");
+        let mut s = store.begin_put();
+        put_file(&mut s, "a", &data(100_000, 4));
+        std::mem::forget(s);
+        backend.put_blob(b"stray", b"junk").expect("stray blob");
+        drop(store);
+        let store = Store::open(backend.clone(), 1 << 30).expect("reopen");
+        assert_eq!(store.stats().shards, 0);
+        let mut blobs = 0;
+        backend.list_blobs(&mut |_| blobs += 1).expect("list");
+        assert_eq!(blobs, 0);
+    }
+}
