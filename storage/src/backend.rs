@@ -45,6 +45,18 @@ pub trait Backend: Send + Sync + 'static {
     fn list_blobs(&self, visit: &mut dyn FnMut(&[u8])) -> Result<(), BackendError>;
 }
 
+/// Bytes `[offset, offset + len)` of `value`, clamped to its length (backends that hold whole
+/// values in memory answer range reads with this).
+pub(crate) fn clamp_range(value: &[u8], offset: u64, len: u64) -> Vec<u8> {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(value.len());
+    let end = usize::try_from(offset.saturating_add(len))
+        .unwrap_or(usize::MAX)
+        .min(value.len());
+    value[start..end].to_vec()
+}
+
 /// A shared backend is a backend (lets tests keep a handle across a store's reopen).
 impl<B: Backend> Backend for std::sync::Arc<B> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {

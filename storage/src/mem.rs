@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use crate::backend::{Backend, BatchOp};
+use crate::backend::{Backend, BatchOp, clamp_range};
 use crate::error::BackendError;
 
 /// In-memory [`Backend`] for tests: same semantics, nothing on disk. Test helpers can damage
@@ -102,13 +102,7 @@ impl Backend for MemBackend {
         len: u64,
     ) -> Result<Option<Vec<u8>>, BackendError> {
         let blobs = self.blobs.lock().expect("mem backend lock");
-        Ok(blobs.get(key).map(|b| {
-            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
-            let end = usize::try_from(offset.saturating_add(len))
-                .unwrap_or(usize::MAX)
-                .min(b.len());
-            b[start..end].to_vec()
-        }))
+        Ok(blobs.get(key).map(|b| clamp_range(b, offset, len)))
     }
 
     fn has_blob(&self, key: &[u8]) -> Result<bool, BackendError> {

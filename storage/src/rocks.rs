@@ -9,7 +9,7 @@ use rocksdb::{
     WriteBatch, WriteOptions,
 };
 
-use crate::backend::{Backend, BatchOp};
+use crate::backend::{Backend, BatchOp, clamp_range};
 use crate::error::BackendError;
 
 const BLOB_CF: &str = "blobs";
@@ -216,13 +216,7 @@ impl Backend for RocksBackend {
         match self.mode {
             ValueMode::BlobDb => {
                 let v = self.db.get_pinned_cf(self.blob_cf(), key).map_err(rocks)?;
-                Ok(v.map(|v| {
-                    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(v.len());
-                    let end = usize::try_from(offset.saturating_add(len))
-                        .unwrap_or(usize::MAX)
-                        .min(v.len());
-                    v[start..end].to_vec()
-                }))
+                Ok(v.map(|v| clamp_range(&v, offset, len)))
             }
             ValueMode::Files => {
                 let path = self.blob_path(key);

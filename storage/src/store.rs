@@ -327,7 +327,12 @@ impl<B: Backend> Store<B> {
             .map_err(|e| self.corrupt(cid, e.to_string()))?;
         let from = usize::try_from(start - a).expect("within a read buffer");
         let to = usize::try_from(end - a).expect("within a read buffer");
-        Ok(data[from..to].to_vec())
+        let mut data = data;
+        data.truncate(to);
+        if from > 0 {
+            data.drain(..from);
+        }
+        Ok(data)
     }
 
     /// Verify a shard without returning it.
@@ -371,16 +376,8 @@ impl<B: Backend> Store<B> {
 
     /// The manifest of a pinned checkpoint.
     pub fn manifest(&self, root: &Cid) -> Result<Manifest, ReadError> {
-        let record = self
-            .inner
-            .backend
-            .get(&key(CHECKPOINT, root))?
-            .ok_or(ReadError::NotFound(root.to_string()))?;
-        let (_, _, bytes) = decode_record(&record).map_err(|e| self.corrupt(root, e))?;
-        if cairn_erasure::manifest_cid(bytes) != *root {
-            return Err(self.corrupt(root, "manifest bytes do not match the root cid"));
-        }
-        Manifest::decode(bytes).map_err(|e| self.corrupt(root, e.to_string()))
+        let bytes = self.manifest_bytes(root)?;
+        Manifest::decode(&bytes).map_err(|e| self.corrupt(root, e.to_string()))
     }
 
     /// The encoded manifest bytes of a pinned checkpoint (verified against the root).
