@@ -6,7 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_erasure::manifest::validate_path;
 use cairn_erasure::stripe::decode_stripe;
-use cairn_erasure::{Cid, Coder, FileEntry, Layout, Manifest, ManifestError, Stripe};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use cairn_erasure::{
+    Cid, Coder, EncodedStripe, FileEntry, Layout, Manifest, ManifestError, Stripe,
+};
 use cairn_storage::{Backend, CommitError, PutError, PutSession, ReadError, Store};
 use thiserror::Error;
 
@@ -32,6 +36,9 @@ pub enum IngestError {
     Put(#[from] PutError),
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// The shard writer stopped before the encoder (its own error is reported instead).
+    #[error("internal: the shard writer stopped early")]
+    WriterStopped,
 }
 
 /// What an upload carries.
@@ -42,17 +49,39 @@ pub enum Upload<R> {
     Tar(R),
 }
 
-/// Encodes files into a put session, reusing its stripe buffers.
-struct Encoder<'a, B: Backend> {
-    session: &'a mut PutSession<B>,
+/// A stripe buffer and its parity shards, recycled between stripes (fresh 64 MiB allocations
+/// are page-faulted in, which costs as much as the coding on some machines).
+type Buffers = (Vec<u8>, Vec<Vec<u8>>);
+
+/// How many stripes' buffers an upload may hold: one being coded, one being written.
+const STRIPES_IN_FLIGHT: usize = 2;
+
+/// Cuts files into stripes and codes them; finished stripes go to the writer thread, which
+/// stores their shards and hands the buffers back.
+struct Encoder<'a> {
     layout: Layout,
     coder: Coder,
-    buf: Vec<u8>,
-    parity: Vec<Vec<u8>>,
+    to_writer: SyncSender<EncodedStripe>,
+    returned: Receiver<Buffers>,
+    spare: Vec<Buffers>,
+    allocated: usize,
     progress: &'a dyn Fn(u64),
 }
 
-impl<B: Backend> Encoder<'_, B> {
+impl Encoder<'_> {
+    fn buffers(&mut self) -> Result<Buffers, IngestError> {
+        if let Some(b) = self.spare.pop() {
+            return Ok(b);
+        }
+        if self.allocated < STRIPES_IN_FLIGHT {
+            self.allocated += 1;
+            let cap = usize::try_from(self.layout.stripe_size()).expect("stripe size <= 1 GiB")
+                + self.layout.k();
+            return Ok((Vec::with_capacity(cap), Vec::new()));
+        }
+        self.returned.recv().map_err(|_| IngestError::WriterStopped)
+    }
+
     fn file(&mut self, path: &str, reader: &mut dyn Read) -> Result<FileEntry, IngestError> {
         validate_path(path)?;
         let stripe_size = usize::try_from(self.layout.stripe_size()).expect("stripe size <= 1 GiB");
@@ -60,22 +89,20 @@ impl<B: Backend> Encoder<'_, B> {
         let mut size = 0u64;
         let mut stripes = Vec::new();
         loop {
-            let mut buf = std::mem::take(&mut self.buf);
+            let (mut buf, parity) = self.buffers()?;
             buf.clear();
-            buf.reserve(stripe_size + self.layout.k());
             let n = reader
                 .take(stripe_size as u64)
                 .read_to_end(&mut buf)
                 .map_err(IngestError::Body)?;
             if n == 0 {
-                self.buf = buf;
+                self.spare.push((buf, parity));
                 break;
             }
             size += n as u64;
             // The whole-file hash runs beside the stripe's coding and shard hashing: both
             // only read the stripe.
             let stripe = Stripe::new(&self.layout, buf);
-            let parity = std::mem::take(&mut self.parity);
             let coded = std::thread::scope(|s| {
                 s.spawn(|| {
                     hasher.update(stripe.bytes());
@@ -83,14 +110,11 @@ impl<B: Backend> Encoder<'_, B> {
                 stripe.code(&self.coder, &self.layout, parity)
             });
             let enc = stripe.finish(coded);
-            for (i, meta) in enc.shards.iter().enumerate() {
-                self.session.put_shard(meta, enc.shard(i))?;
-            }
             stripes.push(enc.cids());
+            self.to_writer
+                .send(enc)
+                .map_err(|_| IngestError::WriterStopped)?;
             (self.progress)(n as u64);
-            let (b, p) = enc.into_buffers();
-            self.buf = b;
-            self.parity = p;
             if n < stripe_size {
                 break;
             }
@@ -102,6 +126,22 @@ impl<B: Backend> Encoder<'_, B> {
             stripes,
         })
     }
+}
+
+/// Store every shard of the stripes it receives, then return their buffers.
+fn write_stripes<B: Backend>(
+    session: &mut PutSession<B>,
+    stripes: Receiver<EncodedStripe>,
+    returned: SyncSender<Buffers>,
+) -> Result<(), PutError> {
+    for enc in stripes {
+        for (i, meta) in enc.shards.iter().enumerate() {
+            session.put_shard(meta, enc.shard(i))?;
+        }
+        // The encoder may have finished already; then nobody needs the buffers.
+        let _ = returned.send(enc.into_buffers());
+    }
+    Ok(())
 }
 
 /// Records the first error the underlying reader returned, so that a truncated upload is told
@@ -136,14 +176,41 @@ pub fn ingest<B: Backend, R: Read>(
     progress: &dyn Fn(u64),
 ) -> Result<(Cid, Manifest), IngestError> {
     let mut session = store.begin_put();
-    let mut enc = Encoder {
-        session: &mut session,
-        layout,
-        coder: Coder::new(&layout),
-        buf: Vec::new(),
-        parity: Vec::new(),
-        progress,
-    };
+    let (to_writer, stripes) = sync_channel::<EncodedStripe>(0);
+    let (to_encoder, returned) = sync_channel::<Buffers>(STRIPES_IN_FLIGHT);
+    let (files, written) = std::thread::scope(|s| {
+        let session = &mut session;
+        let writer = s.spawn(move || write_stripes(session, stripes, to_encoder));
+        let mut enc = Encoder {
+            layout,
+            coder: Coder::new(&layout),
+            to_writer,
+            returned,
+            spare: Vec::new(),
+            allocated: 0,
+            progress,
+        };
+        let files = encode_upload(&mut enc, upload);
+        drop(enc); // closes the channel: the writer drains what is left and stops
+        let written = writer.join().expect("the shard writer does not panic");
+        (files, written)
+    });
+    // A storage error stops the writer first; the encoder then only saw it stop.
+    written?;
+    let files = files?;
+    if files.is_empty() {
+        return Err(IngestError::Empty);
+    }
+    let manifest = Manifest::new(&layout, files)?;
+    let root = session.commit(&manifest, name, now_unix())?;
+    Ok((root, manifest))
+}
+
+/// Read every file of an upload and send its stripes to the writer.
+fn encode_upload<R: Read>(
+    enc: &mut Encoder<'_>,
+    upload: Upload<R>,
+) -> Result<Vec<FileEntry>, IngestError> {
     let mut files = Vec::new();
     match upload {
         Upload::File { path, reader } => {
@@ -191,13 +258,7 @@ pub fn ingest<B: Backend, R: Read>(
             }
         }
     }
-    drop(enc);
-    if files.is_empty() {
-        return Err(IngestError::Empty);
-    }
-    let manifest = Manifest::new(&layout, files)?;
-    let root = session.commit(&manifest, name, now_unix())?;
-    Ok((root, manifest))
+    Ok(files)
 }
 
 /// A read that cannot be served.

@@ -1,5 +1,5 @@
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -50,8 +50,8 @@ pub struct RocksBackend {
     db: DB,
     mode: ValueMode,
     shard_dir: PathBuf,
-    /// Files written since the last `sync_blobs`, and their directories.
-    unsynced: Mutex<(Vec<PathBuf>, BTreeSet<PathBuf>)>,
+    /// Directories that gained shard files since the last `sync_blobs`.
+    unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
 }
 
 impl std::fmt::Debug for RocksBackend {
@@ -125,7 +125,7 @@ impl RocksBackend {
             db,
             mode: options.value_mode,
             shard_dir,
-            unsynced: Mutex::new((Vec::new(), BTreeSet::new())),
+            unsynced_dirs: Mutex::new(BTreeSet::new()),
         };
         Ok(backend)
     }
@@ -199,9 +199,13 @@ impl Backend for RocksBackend {
                 fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
                 let mut f = File::create(&path).map_err(|e| io(&path, e))?;
                 f.write_all(data).map_err(|e| io(&path, e))?;
-                let mut unsynced = self.unsynced.lock().expect("unsynced list lock");
-                unsynced.1.insert(dir.to_path_buf());
-                unsynced.0.push(path);
+                // Synced here, on the upload's writer thread, while the next stripe is being
+                // coded: a commit then only has directory entries left to sync.
+                f.sync_data().map_err(|e| io(&path, e))?;
+                self.unsynced_dirs
+                    .lock()
+                    .expect("unsynced list lock")
+                    .insert(dir.to_path_buf());
                 Ok(())
             }
         }
@@ -272,19 +276,14 @@ impl Backend for RocksBackend {
         match self.mode {
             ValueMode::BlobDb => self.db.flush_cf(self.blob_cf()).map_err(rocks),
             ValueMode::Files => {
-                let (files, dirs) = {
-                    let mut unsynced = self.unsynced.lock().expect("unsynced list lock");
-                    (
-                        std::mem::take(&mut unsynced.0),
-                        std::mem::take(&mut unsynced.1),
-                    )
-                };
-                for path in files.iter().chain(dirs.iter()) {
-                    match OpenOptions::new().read(true).open(path) {
-                        Ok(f) => f.sync_all().map_err(|e| io(path, e))?,
-                        // Deleted since (unpinned): nothing to make durable.
+                let dirs =
+                    std::mem::take(&mut *self.unsynced_dirs.lock().expect("unsynced list lock"));
+                for dir in &dirs {
+                    match File::open(dir) {
+                        Ok(d) => d.sync_all().map_err(|e| io(dir, e))?,
+                        // Removed since (its shards were unpinned): nothing to make durable.
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io(path, e)),
+                        Err(e) => return Err(io(dir, e)),
                     }
                 }
                 if !dirs.is_empty() {
