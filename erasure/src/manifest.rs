@@ -161,21 +161,22 @@ impl Manifest {
             return Err(ManifestError::GroupSize(self.group_size));
         }
         let layout = self.layout()?;
+        let paths: std::collections::BTreeSet<&str> =
+            self.files.iter().map(|f| f.path.as_str()).collect();
         for (i, f) in self.files.iter().enumerate() {
+            // No file may also be a directory of another (`a` and `a/b`).
+            let mut dirs = f.path.match_indices('/').map(|(at, _)| &f.path[..at]);
+            if let Some(dir) = dirs.find(|d| paths.contains(d)) {
+                return Err(ManifestError::File {
+                    path: dir.to_owned(),
+                    reason: format!("is both a file and the directory of {:?}", f.path),
+                });
+            }
             validate_path(&f.path)?;
             if i > 0 && self.files[i - 1].path >= f.path {
                 return Err(ManifestError::File {
                     path: f.path.clone(),
                     reason: "files are not sorted by path or a path repeats".into(),
-                });
-            }
-            if let Some(next) = self.files.get(i + 1)
-                && next.path.starts_with(&f.path)
-                && next.path.as_bytes().get(f.path.len()) == Some(&b'/')
-            {
-                return Err(ManifestError::File {
-                    path: f.path.clone(),
-                    reason: "path is both a file and a directory".into(),
                 });
             }
             if f.blake3.len() != 32 {
@@ -332,6 +333,21 @@ mod tests {
                 proptest::prop_assert_eq!(m.encode().expect("encodes"), bytes);
             }
         }
+    }
+
+    #[test]
+    fn file_and_directory_of_the_same_name_is_rejected() {
+        let layout = Layout::new(2, 1, 4096).expect("valid");
+        let f = |p: &str| FileEntry {
+            path: p.into(),
+            size: 0,
+            blake3: blake3::hash(b"").as_bytes().to_vec(),
+            stripes: vec![],
+        };
+        // `-` sorts between `a` and `a/`: the conflict is not between neighbours.
+        let err = Manifest::new(&layout, vec![f("a"), f("a-b"), f("a/c")]).expect_err("conflict");
+        assert!(matches!(err, ManifestError::File { .. }), "{err}");
+        Manifest::new(&layout, vec![f("a-b"), f("a/c"), f("ab")]).expect("no conflict");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Errors are JSON: `{"error": {"code": "<stable code>", "message": "<human text>"}}`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -13,15 +13,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use cairn_erasure::manifest::MAX_MANIFEST_LEN;
 use cairn_erasure::{Cid, Layout, Manifest, ManifestError, parse_cid};
 use cairn_storage::{Backend, CommitError, PutError, ReadError, ShardStatus, Store, UnpinError};
-use futures_util::TryStreamExt;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::pipeline::{FileReader, GetError, IngestError, Upload, ingest};
+
+/// Most memory one stripe of an upload may need (data and parity shards); bounds what a client
+/// can make the node allocate by choosing `k`, `m` and `stripe_size`.
+pub const MAX_STRIPE_MEMORY: u64 = 256 << 20;
+
+/// How long an upload may send nothing, or a download read nothing, before it is dropped (its
+/// upload slot or reader thread is then free for others).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Shared state of the HTTP handlers.
 pub struct AppState<B: Backend> {
@@ -58,7 +67,10 @@ pub fn router<B: Backend>(state: AppState<B>) -> Router {
         )
         .route("/v1/checkpoints/{cid}/stat", get(stat::<B>))
         .route("/v1/checkpoints/{cid}/files/{*path}", get(get_file::<B>))
-        .route("/v1/manifests", post(import_manifest::<B>))
+        .route(
+            "/v1/manifests",
+            post(import_manifest::<B>).layer(DefaultBodyLimit::max(MAX_MANIFEST_LEN)),
+        )
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -142,7 +154,7 @@ impl From<IngestError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_archive", msg)
             }
             IngestError::Empty => Self::new(StatusCode::BAD_REQUEST, "empty_upload", msg),
-            IngestError::Manifest(ManifestError::Path { .. }) => {
+            IngestError::Manifest(ManifestError::Path { .. } | ManifestError::File { .. }) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_path", msg)
             }
             IngestError::Put(PutError::StoreFull { .. }) => {
@@ -230,6 +242,20 @@ async fn put_checkpoint<B: Backend>(
         q.stripe_size.unwrap_or(d.stripe_size()),
     )
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_params", e.to_string()))?;
+    let stripe_memory = layout.max_shard_len() * layout.total() as u64;
+    if stripe_memory > MAX_STRIPE_MEMORY {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_params",
+            format!(
+                "k={}, m={}, stripe_size={} needs {stripe_memory} bytes per stripe in memory; \
+                 at most {MAX_STRIPE_MEMORY} are allowed",
+                layout.k(),
+                layout.m(),
+                layout.stripe_size()
+            ),
+        ));
+    }
     let is_tar = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -254,8 +280,22 @@ async fn put_checkpoint<B: Backend>(
         .acquire_owned()
         .await
         .map_err(|_| ApiError::internal("node is shutting down"))?;
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout(CLIENT_IDLE_TIMEOUT, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no upload data for {} s", CLIENT_IDLE_TIMEOUT.as_secs()),
+                )),
+                None,
+            )),
+        }
+    });
+    let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
     let store = s.store.clone();
     let started = Instant::now();
     let (root, manifest) = blocking(move || {
@@ -491,7 +531,10 @@ async fn stat<B: Backend>(
 /// Parse a `Range` header against a file of `size` bytes. `Ok(None)`: serve the whole file
 /// (no header, or several ranges, which we answer with the whole file as RFC 9110 allows).
 fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
+    // Other units are ignored (RFC 9110 §14.2): the whole file is served.
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
     if spec.contains(',') {
         return Ok(None);
     }
@@ -499,7 +542,7 @@ fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let (a, b) = (a.trim(), b.trim());
     let range = if a.is_empty() {
         let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 {
+        if n == 0 || size == 0 {
             return Err(());
         }
         (size.saturating_sub(n), size)
@@ -576,15 +619,23 @@ async fn get_file<B: Backend>(
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let store = s.store.clone();
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let reader = FileReader::new(&store, layout);
-        let result = reader.read(&file, start, end, &mut |bytes| {
-            tx.blocking_send(Ok(Bytes::from(bytes))).is_ok()
-        });
+        // Stops when the client goes away or stops reading for too long.
+        let send = |item| {
+            runtime.block_on(async {
+                matches!(
+                    tokio::time::timeout(CLIENT_IDLE_TIMEOUT, tx.send(item)).await,
+                    Ok(Ok(()))
+                )
+            })
+        };
+        let result = reader.read(&file, start, end, &mut |bytes| send(Ok(Bytes::from(bytes))));
         if let Err(e) = result {
             tracing::error!(%root, path = %file.path, error = %e, "read failed mid-stream; aborting response");
             // The client sees the body end early; nothing unverified was sent.
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            send(Err(std::io::Error::other(e.to_string())));
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -610,7 +661,8 @@ mod tests {
         assert_eq!(parse_range("bytes=100-", 100), Err(()));
         assert_eq!(parse_range("bytes=9-3", 100), Err(()));
         assert_eq!(parse_range("bytes=-0", 100), Err(()));
-        assert_eq!(parse_range("items=0-1", 100), Err(()));
+        assert_eq!(parse_range("items=0-1", 100), Ok(None));
+        assert_eq!(parse_range("bytes=-5", 0), Err(()));
         assert_eq!(parse_range("bytes=0-0", 0), Err(()));
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_erasure::manifest::validate_path;
+use cairn_erasure::manifest::{MAX_MANIFEST_LEN, validate_path};
 use cairn_erasure::{Manifest, manifest_cid, parse_cid};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -55,6 +55,19 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Percent-encode each segment of a checkpoint path for use in a URL (keeps `/`).
+pub fn url_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Options of an upload.
@@ -298,7 +311,16 @@ impl Client {
             .header("accept", "application/vnd.ipld.dag-cbor")
             .send()
             .await?;
-        let bytes = check(resp).await?.bytes().await?;
+        let mut stream = check(resp).await?.bytes_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+            if bytes.len() > MAX_MANIFEST_LEN {
+                return Err(ClientError::Invalid(format!(
+                    "the node sent a manifest larger than {MAX_MANIFEST_LEN} bytes"
+                )));
+            }
+        }
         if manifest_cid(&bytes) != cid {
             return Err(ClientError::Invalid(format!(
                 "the node sent a manifest that does not hash to {cid}"
@@ -398,7 +420,7 @@ impl Client {
         if have < size {
             let resp = self
                 .http
-                .get(self.url(&format!("/v1/checkpoints/{root}/files/{path}")))
+                .get(self.url(&format!("/v1/checkpoints/{root}/files/{}", url_path(path))))
                 .header("range", format!("bytes={have}-"))
                 .send()
                 .await?;
@@ -441,7 +463,7 @@ impl Client {
             .ok_or_else(|| ClientError::Invalid(format!("{root} has no file {path:?}")))?;
         let mut req = self
             .http
-            .get(self.url(&format!("/v1/checkpoints/{root}/files/{path}")));
+            .get(self.url(&format!("/v1/checkpoints/{root}/files/{}", url_path(path))));
         let want = match range {
             Some((a, b)) => {
                 req = req.header("range", format!("bytes={a}-{b}"));
@@ -525,4 +547,17 @@ pub fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
 /// Seconds since `t`.
 pub fn since(t: Instant) -> Duration {
     t.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_paths_are_escaped_per_segment() {
+        assert_eq!(super::url_path("a/b c#d?.json"), "a/b%20c%23d%3F.json");
+        assert_eq!(
+            super::url_path("tokenizer/vocab.txt"),
+            "tokenizer/vocab.txt"
+        );
+        assert_eq!(super::url_path("é"), "%C3%A9");
+    }
 }

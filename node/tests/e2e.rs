@@ -388,6 +388,20 @@ fn bad_input_gets_documented_errors() {
         "{v}"
     );
 
+    // A layout that would make the node allocate gigabytes per stripe is refused.
+    let (code, v) = curl_json(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        "x",
+        &format!("{u}/v1/checkpoints?path=x&k=1&m=63&stripe_size=1073741824"),
+    ]);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("invalid_params")),
+        "{v}"
+    );
+
     // Store full: 8 MiB capacity, 20 MiB upload.
     let big = tmp.path().join("big.bin");
     let mut data = vec![0u8; 20 << 20];

@@ -3,6 +3,7 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
@@ -52,6 +53,8 @@ pub struct RocksBackend {
     shard_dir: PathBuf,
     /// Directories that gained shard files since the last `sync_blobs`.
     unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
+    /// Makes temporary file names unique.
+    tmp_counter: AtomicU64,
 }
 
 impl std::fmt::Debug for RocksBackend {
@@ -126,6 +129,7 @@ impl RocksBackend {
             mode: options.value_mode,
             shard_dir,
             unsynced_dirs: Mutex::new(BTreeSet::new()),
+            tmp_counter: AtomicU64::new(0),
         };
         Ok(backend)
     }
@@ -197,11 +201,18 @@ impl Backend for RocksBackend {
                 let path = self.blob_path(key);
                 let dir = path.parent().expect("blob path has a fan-out directory");
                 fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-                let mut f = File::create(&path).map_err(|e| io(&path, e))?;
-                f.write_all(data).map_err(|e| io(&path, e))?;
+                // Write a private temporary file and rename it over the final name: a shard
+                // that is already committed is never seen half-rewritten (a repair, or two
+                // uploads of the same bytes). Leftover temporary names are not hex and are
+                // removed by `list_blobs` at the next open.
+                let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+                let tmp = dir.join(format!("{}.{n}.tmp", hex(key)));
+                let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+                f.write_all(data).map_err(|e| io(&tmp, e))?;
                 // Synced here, on the upload's writer thread, while the next stripe is being
                 // coded: a commit then only has directory entries left to sync.
-                f.sync_data().map_err(|e| io(&path, e))?;
+                f.sync_data().map_err(|e| io(&tmp, e))?;
+                fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
                 self.unsynced_dirs
                     .lock()
                     .expect("unsynced list lock")
@@ -276,9 +287,13 @@ impl Backend for RocksBackend {
         match self.mode {
             ValueMode::BlobDb => self.db.flush_cf(self.blob_cf()).map_err(rocks),
             ValueMode::Files => {
-                let dirs =
-                    std::mem::take(&mut *self.unsynced_dirs.lock().expect("unsynced list lock"));
-                for dir in &dirs {
+                // Held for the whole sync: a concurrent commit must not find the set empty
+                // while another caller is still syncing the directories it took.
+                let mut dirs = self.unsynced_dirs.lock().expect("unsynced list lock");
+                if dirs.is_empty() {
+                    return Ok(());
+                }
+                for dir in dirs.iter() {
                     match File::open(dir) {
                         Ok(d) => d.sync_all().map_err(|e| io(dir, e))?,
                         // Removed since (its shards were unpinned): nothing to make durable.
@@ -286,11 +301,10 @@ impl Backend for RocksBackend {
                         Err(e) => return Err(io(dir, e)),
                     }
                 }
-                if !dirs.is_empty() {
-                    File::open(&self.shard_dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| io(&self.shard_dir, e))?;
-                }
+                File::open(&self.shard_dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io(&self.shard_dir, e))?;
+                dirs.clear();
                 Ok(())
             }
         }

@@ -353,23 +353,21 @@ impl<B: Backend> Store<B> {
             cid: cid.to_string(),
             source: cairn_erasure::VerifyError::Whole,
         })?;
-        let (computed, ob) = Outboard::compute(data);
-        if computed != hash {
+        if blake3::hash(data) != hash {
             return Err(PutError::Verify {
                 cid: cid.to_string(),
                 source: cairn_erasure::VerifyError::Whole,
             });
         }
+        // Under the commit lock: garbage collection cannot remove the shard meanwhile, and a
+        // shard it already removed is not brought back (nothing references it).
+        let _guard = lock(&self.inner.commit);
+        if !self.has_shard(cid)? {
+            return Ok(());
+        }
         let b = &self.inner.backend;
-        let indexed = self.has_shard(cid)?;
         b.put_blob(&cid.to_bytes(), data)?;
         b.sync_blobs()?;
-        b.write(vec![BatchOp::Put(key(SHARD, cid), ob.to_bytes())], true)?;
-        if !indexed {
-            let n = data.len() as u64 + ob.encoded_len() as u64;
-            self.inner.used.fetch_add(n, Ordering::Relaxed);
-            self.inner.shards.fetch_add(1, Ordering::Relaxed);
-        }
         debug!(%cid, "repaired shard");
         Ok(())
     }
@@ -519,36 +517,61 @@ impl<B: Backend> PutSession<B> {
     /// Store one shard whose identity was computed from `data` by the caller (the encoder).
     /// A shard already held is not written again.
     pub fn put_shard(&mut self, meta: &ShardMeta, data: &[u8]) -> Result<(), PutError> {
-        if self.claim(&meta.cid)? {
+        let already = self.claim(&meta.cid)?;
+        let inner = &self.store.inner;
+        let blob_key = meta.cid.to_bytes();
+        if already {
+            // Already indexed. If its bytes were lost, this upload restores them.
+            if !inner.backend.has_blob(&blob_key)? {
+                inner.backend.put_blob(&blob_key, data)?;
+            }
             return Ok(());
         }
-        let inner = &self.store.inner;
         let needed = data.len() as u64 + meta.outboard.encoded_len() as u64;
         let before = inner.used.fetch_add(needed, Ordering::Relaxed);
-        if before + needed > inner.capacity {
-            inner.used.fetch_sub(needed, Ordering::Relaxed);
+        let refund = || inner.used.fetch_sub(needed, Ordering::Relaxed);
+        if before.saturating_add(needed) > inner.capacity {
+            refund();
             return Err(PutError::StoreFull {
                 needed,
                 used: before,
                 capacity: inner.capacity,
             });
         }
-        let write = || -> Result<(), BackendError> {
-            inner.backend.put_blob(&meta.cid.to_bytes(), data)?;
-            inner.backend.write(
-                vec![BatchOp::Put(
-                    key(SHARD, &meta.cid),
-                    meta.outboard.to_bytes(),
-                )],
-                false,
-            )
-        };
-        if let Err(e) = write() {
-            inner.used.fetch_sub(needed, Ordering::Relaxed);
+        if let Err(e) = inner.backend.put_blob(&blob_key, data) {
+            refund();
             return Err(e.into());
         }
-        inner.shards.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        // Index and count the shard once, even if another upload stored the same bytes
+        // meanwhile (the pending lock orders the two).
+        let indexed = {
+            let _pending = lock(&inner.pending);
+            let index = || -> Result<bool, BackendError> {
+                let k = key(SHARD, &meta.cid);
+                if inner.backend.get(&k)?.is_some() {
+                    return Ok(false);
+                }
+                inner
+                    .backend
+                    .write(vec![BatchOp::Put(k, meta.outboard.to_bytes())], false)?;
+                Ok(true)
+            };
+            index()
+        };
+        match indexed {
+            Ok(true) => {
+                inner.shards.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(false) => {
+                refund();
+                Ok(())
+            }
+            Err(e) => {
+                refund();
+                Err(e.into())
+            }
+        }
     }
 
     /// Protect a shard from garbage collection until this session ends, and say whether its
@@ -849,6 +872,45 @@ mod tests {
             store.repair_shard(&cids[1], &good).is_err(),
             "wrong bytes refused"
         );
+    }
+
+    #[test]
+    fn same_new_shard_in_two_uploads_is_counted_once_and_lost_bytes_are_restored() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let d = data(70_000, 11);
+        let mut s1 = store.begin_put();
+        let mut s2 = store.begin_put();
+        let f1 = put_file(&mut s1, "f", &d);
+        let f2 = put_file(&mut s2, "f", &d);
+        let m = Manifest::new(&layout(), vec![f1]).expect("m");
+        let shards = m.shard_cids().collect::<BTreeSet<_>>().len() as u64;
+        assert_eq!(store.stats().shards, shards);
+        let used = store.stats().used_bytes;
+        let root = s1.commit(&m, "", 1).expect("commit");
+        drop(s2);
+        assert_eq!(
+            store.stats().used_bytes,
+            used,
+            "the abandoned twin freed nothing in use"
+        );
+        drop(f2);
+        // Lose a shard's bytes; a new upload of the same content restores them.
+        let lost = *m.shard_cids().next().expect("a shard");
+        assert!(store.backend().drop_blob(&lost.to_bytes()));
+        assert_eq!(
+            store.check_shard(&lost).expect("check"),
+            ShardStatus::Corrupt("shard bytes are missing".into())
+        );
+        let mut s3 = store.begin_put();
+        let f3 = put_file(&mut s3, "f", &d);
+        let root3 = s3
+            .commit(&Manifest::new(&layout(), vec![f3]).expect("m"), "", 2)
+            .expect("commit");
+        assert_eq!(root, root3);
+        assert_eq!(store.check_shard(&lost).expect("check"), ShardStatus::Ok);
+        assert_eq!(store.stats().used_bytes, used);
+        store.unpin(&root).expect("unpin");
+        assert_eq!(store.stats().used_bytes, 0);
     }
 
     #[test]
