@@ -1,9 +1,10 @@
 use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
@@ -14,6 +15,10 @@ use crate::backend::{Backend, BatchOp, clamp_range};
 use crate::error::BackendError;
 
 const BLOB_CF: &str = "blobs";
+/// Alignment of `O_DIRECT` buffers, offsets and lengths (covers 512- and 4096-byte devices).
+const DIRECT_ALIGN: usize = 4096;
+/// Shards smaller than this are written through the page cache.
+const DIRECT_MIN: usize = 64 * 1024;
 
 /// Where shard bytes live. The index is always RocksDB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,6 +60,10 @@ pub struct RocksBackend {
     unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
     /// Makes temporary file names unique.
     tmp_counter: AtomicU64,
+    /// Whether the shard directory accepts `O_DIRECT`.
+    direct_io: AtomicBool,
+    /// Aligned write buffers, reused (one per concurrent writer).
+    bounce: Mutex<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for RocksBackend {
@@ -130,6 +139,8 @@ impl RocksBackend {
             shard_dir,
             unsynced_dirs: Mutex::new(BTreeSet::new()),
             tmp_counter: AtomicU64::new(0),
+            direct_io: AtomicBool::new(true),
+            bounce: Mutex::new(Vec::new()),
         };
         Ok(backend)
     }
@@ -143,6 +154,54 @@ impl RocksBackend {
     fn blob_path(&self, key: &[u8]) -> PathBuf {
         let fan = key.last().copied().unwrap_or(0);
         self.shard_dir.join(format!("{fan:02x}")).join(hex(key))
+    }
+
+    /// Write `data` to a new file at `path` and make it durable. Large writes bypass the page
+    /// cache (`O_DIRECT`, through an aligned bounce buffer): on the VMs measured for
+    /// ARCHITECTURE.md that is 3-4x faster than buffered writes, whose cost is dominated by
+    /// faulting in fresh page-cache pages. Filesystems without `O_DIRECT` (tmpfs) fall back.
+    fn write_file(&self, path: &Path, data: &[u8]) -> std::io::Result<()> {
+        let aligned = data.len().next_multiple_of(DIRECT_ALIGN);
+        if data.len() >= DIRECT_MIN && self.direct_io.load(Ordering::Relaxed) {
+            match OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    let mut bounce = self
+                        .bounce
+                        .lock()
+                        .expect("bounce buffer pool lock")
+                        .pop()
+                        .unwrap_or_default();
+                    bounce.resize(aligned + DIRECT_ALIGN, 0);
+                    let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
+                    let buf = &mut bounce[at..at + aligned];
+                    buf[..data.len()].copy_from_slice(data);
+                    buf[data.len()..].fill(0);
+                    let written = f
+                        .write_all(buf)
+                        .and_then(|()| f.set_len(data.len() as u64))
+                        .and_then(|()| f.sync_data());
+                    self.bounce
+                        .lock()
+                        .expect("bounce buffer pool lock")
+                        .push(bounce);
+                    return written;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!(dir = %self.shard_dir.display(), "O_DIRECT unsupported here; using buffered writes");
+                    self.direct_io.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut f = File::create(path)?;
+        f.write_all(data)?;
+        f.sync_data()
     }
 
     /// Path of a blob's file in [`ValueMode::Files`] (for tests and tools that damage data).
@@ -207,11 +266,12 @@ impl Backend for RocksBackend {
                 // removed by `list_blobs` at the next open.
                 let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
                 let tmp = dir.join(format!("{}.{n}.tmp", hex(key)));
-                let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-                f.write_all(data).map_err(|e| io(&tmp, e))?;
                 // Synced here, on the upload's writer thread, while the next stripe is being
                 // coded: a commit then only has directory entries left to sync.
-                f.sync_data().map_err(|e| io(&tmp, e))?;
+                if let Err(e) = self.write_file(&tmp, data) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io(&tmp, e));
+                }
                 fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
                 self.unsynced_dirs
                     .lock()
@@ -355,6 +415,28 @@ mod tests {
         assert_eq!(unhex(&hex(&k)), Some(k));
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
+    fn large_unaligned_blobs_round_trip_and_replace_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = RocksBackend::open(dir.path(), &RocksOptions::default()).expect("open");
+        for len in [DIRECT_MIN, DIRECT_MIN + 1, 3 * DIRECT_ALIGN * 100 + 17] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            b.put_blob(b"big", &data).expect("put");
+            // Written twice: the second replaces the first whole.
+            b.put_blob(b"big", &data).expect("put again");
+            b.sync_blobs().expect("sync");
+            assert_eq!(
+                b.read_blob(b"big", 0, len as u64 + 10).expect("read"),
+                Some(data.clone())
+            );
+            let f = b.blob_file(b"big").expect("files mode");
+            assert_eq!(std::fs::metadata(f).expect("stat").len(), len as u64);
+        }
+        let mut keys = Vec::new();
+        b.list_blobs(&mut |k| keys.push(k.to_vec())).expect("list");
+        assert_eq!(keys, vec![b"big".to_vec()], "no temporary files left");
     }
 
     #[test]
