@@ -290,6 +290,9 @@ pub enum GetError {
     Backend(#[from] cairn_storage::BackendError),
 }
 
+/// How many pieces (data-shard ranges, up to one shard each) a read asks the disk for ahead.
+const PREFETCH_PIECES: usize = 2;
+
 /// Reads files of one checkpoint, verified, reconstructing stripes from parity when needed.
 pub struct FileReader<'a, B: Backend> {
     store: &'a Store<B>,
@@ -349,7 +352,19 @@ impl<'a, B: Backend> FileReader<'a, B> {
     ) -> Result<(), GetError> {
         let pieces = self.layout.pieces(file.size, start, end);
         let mut rebuilt: Option<(u64, Vec<u8>)> = None;
-        for p in pieces {
+        // Readahead: the disk fetches the next pieces while this one is verified and sent.
+        let prefetch = |i: usize| {
+            if let Some(p) = pieces.get(i) {
+                let cid = &file.stripes
+                    [usize::try_from(p.stripe).expect("stripe index fits usize")][p.shard];
+                self.store.prefetch_shard(cid, p.offset, p.offset + p.len);
+            }
+        };
+        for i in 0..PREFETCH_PIECES {
+            prefetch(i);
+        }
+        for (i, &p) in pieces.iter().enumerate() {
+            prefetch(i + PREFETCH_PIECES);
             let cids = &file.stripes[usize::try_from(p.stripe).expect("stripe index fits usize")];
             let shard_len = self
                 .layout

@@ -35,6 +35,9 @@ pub trait Backend: Send + Sync + 'static {
     /// than asked returns what it has (the caller verifies).
     fn read_blob(&self, key: &[u8], offset: u64, len: u64)
     -> Result<Option<Vec<u8>>, BackendError>;
+    /// Hint that bytes `[offset, offset + len)` of a blob will be read soon (readahead). Only a
+    /// hint: the default does nothing and failures are ignored.
+    fn prefetch_blob(&self, _key: &[u8], _offset: u64, _len: u64) {}
     /// Whether a blob exists (without reading it).
     fn has_blob(&self, key: &[u8]) -> Result<bool, BackendError>;
     /// Remove a blob (no error if absent).
@@ -82,6 +85,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
         len: u64,
     ) -> Result<Option<Vec<u8>>, BackendError> {
         (**self).read_blob(key, offset, len)
+    }
+    fn prefetch_blob(&self, key: &[u8], offset: u64, len: u64) {
+        (**self).prefetch_blob(key, offset, len)
     }
     fn has_blob(&self, key: &[u8]) -> Result<bool, BackendError> {
         (**self).has_blob(key)

@@ -311,6 +311,19 @@ impl Backend for RocksBackend {
         }
     }
 
+    fn prefetch_blob(&self, key: &[u8], offset: u64, len: u64) {
+        if self.mode == ValueMode::Files
+            && let Ok(f) = File::open(self.blob_path(key))
+        {
+            let _ = rustix::fs::fadvise(
+                &f,
+                offset,
+                std::num::NonZeroU64::new(len),
+                rustix::fs::Advice::WillNeed,
+            );
+        }
+    }
+
     fn has_blob(&self, key: &[u8]) -> Result<bool, BackendError> {
         match self.mode {
             ValueMode::BlobDb => Ok(self

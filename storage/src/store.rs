@@ -287,6 +287,13 @@ impl<B: Backend> Store<B> {
         Ok(self.has_shard(cid)? && self.inner.backend.has_blob(&cid.to_bytes())?)
     }
 
+    /// Ask the backend to start reading bytes `[start, end)` of a shard (readahead hint).
+    pub fn prefetch_shard(&self, cid: &Cid, start: u64, end: u64) {
+        self.inner
+            .backend
+            .prefetch_blob(&cid.to_bytes(), start, end.saturating_sub(start));
+    }
+
     /// Length of a stored shard.
     pub fn shard_len(&self, cid: &Cid) -> Result<u64, ReadError> {
         Ok(self.outboard(cid)?.1.len())
