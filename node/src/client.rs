@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_erasure::manifest::{MAX_MANIFEST_LEN, validate_path};
@@ -542,11 +542,6 @@ async fn file_matches(path: &Path, size: u64, hash: &blake3::Hash) -> Result<boo
 /// Throughput in MiB/s.
 pub fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9)
-}
-
-/// Seconds since `t`.
-pub fn since(t: Instant) -> Duration {
-    t.elapsed()
 }
 
 #[cfg(test)]

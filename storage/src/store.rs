@@ -921,6 +921,23 @@ mod tests {
     }
 
     #[test]
+    fn received_shards_are_verified_before_they_are_stored() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let mut s = store.begin_put();
+        let good = data(40_000, 3);
+        let cid = cairn_erasure::shard_cid(&blake3::hash(&good));
+        let mut bad = good.clone();
+        bad[39_999] ^= 1;
+        assert!(matches!(
+            s.put_shard_verified(&cid, &bad),
+            Err(PutError::Verify { .. })
+        ));
+        assert_eq!(store.stats().shards, 0);
+        s.put_shard_verified(&cid, &good).expect("matching bytes");
+        assert_eq!(store.read_shard(&cid).expect("read"), good);
+    }
+
+    #[test]
     fn reopen_sweeps_uncommitted_shards() {
         let backend = std::sync::Arc::new(MemBackend::new());
         // Simulate a crash: shards written, session leaked (never committed, never dropped).
