@@ -157,11 +157,10 @@ impl RocksBackend {
     }
 
     /// Write `data` to a new file at `path` and make it durable. Large writes bypass the page
-    /// cache (`O_DIRECT`, through an aligned bounce buffer): on the VMs measured for
-    /// ARCHITECTURE.md that is 3-4x faster than buffered writes, whose cost is dominated by
-    /// faulting in fresh page-cache pages. Filesystems without `O_DIRECT` (tmpfs) fall back.
+    /// cache (`O_DIRECT`): on the VM measured for ARCHITECTURE.md, buffered writes were
+    /// dominated by faulting in fresh page-cache pages. Filesystems that refuse `O_DIRECT`
+    /// get buffered writes.
     fn write_file(&self, path: &Path, data: &[u8]) -> std::io::Result<()> {
-        let aligned = data.len().next_multiple_of(DIRECT_ALIGN);
         if data.len() >= DIRECT_MIN && self.direct_io.load(Ordering::Relaxed) {
             match OpenOptions::new()
                 .write(true)
@@ -170,28 +169,7 @@ impl RocksBackend {
                 .custom_flags(libc::O_DIRECT)
                 .open(path)
             {
-                Ok(mut f) => {
-                    let mut bounce = self
-                        .bounce
-                        .lock()
-                        .expect("bounce buffer pool lock")
-                        .pop()
-                        .unwrap_or_default();
-                    bounce.resize(aligned + DIRECT_ALIGN, 0);
-                    let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
-                    let buf = &mut bounce[at..at + aligned];
-                    buf[..data.len()].copy_from_slice(data);
-                    buf[data.len()..].fill(0);
-                    let written = f
-                        .write_all(buf)
-                        .and_then(|()| f.set_len(data.len() as u64))
-                        .and_then(|()| f.sync_data());
-                    self.bounce
-                        .lock()
-                        .expect("bounce buffer pool lock")
-                        .push(bounce);
-                    return written;
-                }
+                Ok(f) => return self.write_direct(f, data),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::info!(dir = %self.shard_dir.display(), "O_DIRECT unsupported here; using buffered writes");
                     self.direct_io.store(false, Ordering::Relaxed);
@@ -202,6 +180,25 @@ impl RocksBackend {
         let mut f = File::create(path)?;
         f.write_all(data)?;
         f.sync_data()
+    }
+
+    /// Write through an aligned, reused bounce buffer (zero-padded to the alignment), cut the
+    /// file back to its length, and sync it.
+    fn write_direct(&self, mut f: File, data: &[u8]) -> std::io::Result<()> {
+        let aligned = data.len().next_multiple_of(DIRECT_ALIGN);
+        let pool = || self.bounce.lock().expect("bounce buffer pool lock");
+        let mut bounce = pool().pop().unwrap_or_default();
+        bounce.resize(aligned + DIRECT_ALIGN, 0);
+        let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
+        let buf = &mut bounce[at..at + aligned];
+        buf[..data.len()].copy_from_slice(data);
+        buf[data.len()..].fill(0);
+        let written = f
+            .write_all(buf)
+            .and_then(|()| f.set_len(data.len() as u64))
+            .and_then(|()| f.sync_data());
+        pool().push(bounce);
+        written
     }
 
     /// Path of a blob's file in [`ValueMode::Files`] (for tests and tools that damage data).

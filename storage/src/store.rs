@@ -553,32 +553,22 @@ impl<B: Backend> PutSession<B> {
         // meanwhile (the pending lock orders the two).
         let indexed = {
             let _pending = lock(&inner.pending);
-            let index = || -> Result<bool, BackendError> {
-                let k = key(SHARD, &meta.cid);
-                if inner.backend.get(&k)?.is_some() {
-                    return Ok(false);
-                }
-                inner
+            let k = key(SHARD, &meta.cid);
+            inner.backend.get(&k).and_then(|held| match held {
+                Some(_) => Ok(false),
+                None => inner
                     .backend
-                    .write(vec![BatchOp::Put(k, meta.outboard.to_bytes())], false)?;
-                Ok(true)
-            };
-            index()
+                    .write(vec![BatchOp::Put(k, meta.outboard.to_bytes())], false)
+                    .map(|()| true),
+            })
         };
-        match indexed {
-            Ok(true) => {
-                inner.shards.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(false) => {
-                refund();
-                Ok(())
-            }
-            Err(e) => {
-                refund();
-                Err(e.into())
-            }
+        if matches!(indexed, Ok(true)) {
+            inner.shards.fetch_add(1, Ordering::Relaxed);
+        } else {
+            refund();
         }
+        indexed?;
+        Ok(())
     }
 
     /// Protect a shard from garbage collection until this session ends, and say whether its
@@ -882,7 +872,7 @@ mod tests {
     }
 
     #[test]
-    fn same_new_shard_in_two_uploads_is_counted_once_and_lost_bytes_are_restored() {
+    fn two_uploads_of_the_same_bytes_share_shards_and_a_reupload_restores_lost_bytes() {
         let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
         let d = data(70_000, 11);
         let mut s1 = store.begin_put();
