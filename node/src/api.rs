@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use crate::cluster::Cluster;
 use crate::pipeline::{FileReader, GetError, IngestError, Upload, ingest};
 
 /// Most memory one stripe of an upload may need (data and parity shards); bounds what a client
@@ -42,6 +43,8 @@ pub struct AppState<B: Backend> {
     /// Size of `put_permits`.
     pub max_puts: usize,
     pub started: Instant,
+    /// The node's network; `None` runs the API over the local store alone.
+    pub cluster: Option<Cluster<B>>,
 }
 
 impl<B: Backend> Clone for AppState<B> {
@@ -52,6 +55,7 @@ impl<B: Backend> Clone for AppState<B> {
             put_permits: Arc::clone(&self.put_permits),
             max_puts: self.max_puts,
             started: self.started,
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -66,6 +70,7 @@ pub fn router<B: Backend>(state: AppState<B>) -> Router {
             get(manifest::<B>).delete(unpin::<B>),
         )
         .route("/v1/checkpoints/{cid}/stat", get(stat::<B>))
+        .route("/v1/shards/{cid}", get(shard_status::<B>))
         .route("/v1/checkpoints/{cid}/files/{*path}", get(get_file::<B>))
         .route(
             "/v1/manifests",
@@ -160,7 +165,28 @@ impl From<IngestError> for ApiError {
             IngestError::Put(PutError::StoreFull { .. }) => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "store_full", msg)
             }
+            IngestError::TooFewNodes { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "too_few_nodes", msg)
+            }
+            IngestError::Placement(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "placement_failed", msg)
+            }
             _ => Self::internal(msg),
+        }
+    }
+}
+
+/// A checkpoint's manifest, and whether every shard is held here. Falls back to the cluster
+/// when this node has no record of it.
+async fn find_manifest<B: Backend>(
+    s: &AppState<B>,
+    root: Cid,
+) -> Result<(Manifest, bool), ApiError> {
+    match &s.cluster {
+        Some(c) => Ok(c.manifest(&root).await?),
+        None => {
+            let store = s.store.clone();
+            blocking(move || Ok(store.manifest_entry(&root)?)).await
         }
     }
 }
@@ -189,13 +215,24 @@ struct StatusBody {
     checkpoints: usize,
     /// Uploads being processed now.
     active_puts: usize,
+    /// This node's libp2p identity (absent without a network).
+    peer_id: Option<String>,
+    /// Peers in the routing table, and with an open connection.
+    peers: usize,
+    connected_peers: usize,
+    p2p_listen: Vec<String>,
+    /// Shard bytes received from and sent to peers since start.
+    net_bytes_in: u64,
+    net_bytes_out: u64,
+    /// Peer answers that failed verification since start.
+    bad_peer_answers: u64,
 }
 
 async fn status<B: Backend>(State(s): State<AppState<B>>) -> Result<Json<StatusBody>, ApiError> {
     let store = s.store.clone();
     let checkpoints = blocking(move || Ok(store.list()?.len())).await?;
     let st = s.store.stats();
-    Ok(Json(StatusBody {
+    let mut body = StatusBody {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: s.started.elapsed().as_secs(),
         used_bytes: st.used_bytes,
@@ -204,7 +241,32 @@ async fn status<B: Backend>(State(s): State<AppState<B>>) -> Result<Json<StatusB
         corrupt_reads: st.corrupt_reads,
         checkpoints,
         active_puts: s.max_puts.saturating_sub(s.put_permits.available_permits()),
-    }))
+        peer_id: None,
+        peers: 0,
+        connected_peers: 0,
+        p2p_listen: Vec::new(),
+        net_bytes_in: 0,
+        net_bytes_out: 0,
+        bad_peer_answers: 0,
+    };
+    if let Some(c) = &s.cluster {
+        use std::sync::atomic::Ordering::Relaxed;
+        body.peer_id = Some(c.net.peer_id().to_string());
+        body.peers = c.net.peers().await.len();
+        body.connected_peers = c.net.connected().await;
+        body.p2p_listen = c
+            .net
+            .listen_addrs()
+            .await
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let t = c.transfers.stats();
+        body.net_bytes_in = t.bytes_in.load(Relaxed);
+        body.net_bytes_out = t.bytes_out.load(Relaxed);
+        body.bad_peer_answers = t.bad_peer_answers.load(Relaxed);
+    }
+    Ok(Json(body))
 }
 
 /// Query of an upload.
@@ -298,6 +360,11 @@ async fn put_checkpoint<B: Backend>(
     let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
     let store = s.store.clone();
     let started = Instant::now();
+    let cluster = match &s.cluster {
+        Some(c) if c.is_clustered().await => Some(c.clone()),
+        _ => None,
+    };
+    let rt = tokio::runtime::Handle::current();
     let (root, manifest) = blocking(move || {
         let _permit = permit;
         let upload = match path {
@@ -315,7 +382,10 @@ async fn put_checkpoint<B: Backend>(
                 *p.1 += 1 << 30;
             }
         };
-        Ok(ingest(&store, layout, upload, &name, &report)?)
+        Ok(match cluster {
+            Some(c) => c.put(&rt, layout, upload, &name, &report)?,
+            None => ingest(&store, layout, upload, &name, &report)?,
+        })
     })
     .await?;
     let size = manifest.total_size();
@@ -412,16 +482,40 @@ async fn manifest<B: Backend>(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("dag-cbor"));
+    let _ = store;
+    let (m, _) = find_manifest(&s, root).await?;
     if wants_cbor {
-        let bytes = blocking(move || Ok(store.manifest_bytes(&root)?)).await?;
+        let bytes = m.encode().map_err(|e| ApiError::internal(e.to_string()))?;
         return Ok((
             [(header::CONTENT_TYPE, "application/vnd.ipld.dag-cbor")],
             bytes,
         )
             .into_response());
     }
-    let m = blocking(move || Ok(store.manifest(&root)?)).await?;
     Ok(Json(manifest_json(&root, &m)).into_response())
+}
+
+/// Whether this node holds a shard, verified: `{"cid", "status": "ok"|"missing"|"corrupt"}`.
+async fn shard_status<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(cid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let cid = root_of(&cid)?;
+    let store = s.store.clone();
+    let status = blocking(move || {
+        store
+            .check_shard(&cid)
+            .map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
+    let (status, detail) = match status {
+        ShardStatus::Ok => ("ok", None),
+        ShardStatus::Missing => ("missing", None),
+        ShardStatus::Corrupt(r) => ("corrupt", Some(r)),
+    };
+    Ok(Json(
+        json!({"cid": cid.to_string(), "status": status, "detail": detail}),
+    ))
 }
 
 /// JSON view of a manifest (CIDs as strings, hashes as hex).
@@ -571,8 +665,7 @@ async fn get_file<B: Backend>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let root = root_of(&cid)?;
-    let store = s.store.clone();
-    let m = blocking(move || Ok(store.manifest(&root)?)).await?;
+    let (m, complete) = find_manifest(&s, root).await?;
     let layout = m.layout().map_err(|e| ApiError::internal(e.to_string()))?;
     let file = m.file(&path).cloned().ok_or_else(|| {
         ApiError::new(
@@ -610,6 +703,31 @@ async fn get_file<B: Backend>(
     if method == Method::HEAD {
         return builder
             .body(Body::empty())
+            .map_err(|e| ApiError::internal(e.to_string()));
+    }
+    if let (false, Some(cluster)) = (complete, &s.cluster) {
+        let mut rx = cluster.read(layout, file, start, end);
+        // Fail before the first byte when the first piece cannot be had; later failures cut
+        // the body short (a client resuming from there then gets the error as JSON).
+        let first = match rx.recv().await {
+            Some(Ok(b)) => Some(b),
+            Some(Err(e)) => return Err(e.into()),
+            None => None,
+        };
+        let stream = futures_util::stream::unfold((first, rx), |(first, mut rx)| async move {
+            if let Some(b) = first {
+                return Some((Ok(b), (None, rx)));
+            }
+            match rx.recv().await? {
+                Ok(b) => Some((Ok(b), (None, rx))),
+                Err(e) => {
+                    tracing::error!(error = %e, "cluster read failed mid-stream; aborting response");
+                    Some((Err(std::io::Error::other(e.to_string())), (None, rx)))
+                }
+            }
+        });
+        return builder
+            .body(Body::from_stream(stream))
             .map_err(|e| ApiError::internal(e.to_string()));
     }
     // Fail before the first byte when a stripe is known to be beyond repair.

@@ -30,6 +30,11 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// A local network of nodes for development and tests.
+    Devnet {
+        #[command(subcommand)]
+        command: DevnetCommand,
+    },
     /// Upload a file or a model folder; prints the root CID.
     Put {
         /// File or folder to upload.
@@ -90,6 +95,41 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
 }
+
+#[derive(Debug, Subcommand)]
+pub enum DevnetCommand {
+    /// Start N node processes on loopback, joined to each other.
+    Up {
+        /// Devnet directory (state, node data, logs).
+        #[arg(long, default_value = DEVNET_DIR)]
+        dir: PathBuf,
+        /// Number of nodes (at least k + m).
+        #[arg(long, default_value_t = 8)]
+        nodes: usize,
+        /// Data shards per stripe for the devnet's nodes.
+        #[arg(long, default_value_t = 4)]
+        k: u8,
+        /// Parity shards per stripe for the devnet's nodes.
+        #[arg(long, default_value_t = 2)]
+        m: u8,
+        /// Stripe size in bytes.
+        #[arg(long, default_value_t = 16 << 20)]
+        stripe_size: u64,
+    },
+    /// Stop every node of the devnet.
+    Down {
+        #[arg(long, default_value = DEVNET_DIR)]
+        dir: PathBuf,
+    },
+    /// Show each node's address, peers and shards.
+    Status {
+        #[arg(long, default_value = DEVNET_DIR)]
+        dir: PathBuf,
+    },
+}
+
+/// Default devnet directory.
+pub const DEVNET_DIR: &str = ".cairn/devnet";
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {

@@ -14,6 +14,9 @@ pub const DEFAULT_DATA_DIR: &str = ".cairn/node";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7070";
 /// Default capacity: 100 GiB.
 pub const DEFAULT_CAPACITY_BYTES: u64 = 100 << 30;
+/// Default peer-to-peer listen address: QUIC on UDP 7071, all interfaces (peers are
+/// authenticated by their node identity).
+pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/udp/7071/quic-v1";
 /// Default limit on concurrent uploads (each holds about 1.5 stripes of memory).
 pub const DEFAULT_MAX_CONCURRENT_PUTS: usize = 2;
 
@@ -63,6 +66,29 @@ pub struct ErasureSection {
     pub stripe_size: u64,
 }
 
+/// `[network]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// libp2p multiaddr for the Kademlia DHT and shard transfer (QUIC). Port 0 picks one.
+    pub listen: String,
+    /// Multiaddrs of nodes to join through (any member of the network will do).
+    pub bootstrap: Vec<String>,
+    /// Allow several shards of one stripe on the same node when fewer nodes than k + m are
+    /// reachable (losing that node then loses several shards at once).
+    pub allow_colocation: bool,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_P2P_LISTEN.into(),
+            bootstrap: Vec::new(),
+            allow_colocation: false,
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -70,6 +96,7 @@ pub struct NodeConfig {
     pub node: NodeSection,
     pub storage: StorageSection,
     pub erasure: ErasureSection,
+    pub network: NetworkSection,
 }
 
 impl Default for NodeSection {
@@ -114,6 +141,10 @@ impl NodeConfig {
     pub fn from_toml(text: &str) -> Result<Self, String> {
         let cfg: NodeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         cfg.erasure.layout().map_err(|e| e.to_string())?;
+        for a in std::iter::once(&cfg.network.listen).chain(&cfg.network.bootstrap) {
+            a.parse::<libp2p::Multiaddr>()
+                .map_err(|e| format!("network: invalid multiaddr {a:?}: {e}"))?;
+        }
         if cfg.storage.max_concurrent_puts == 0 {
             return Err("storage.max_concurrent_puts must be at least 1".into());
         }
@@ -170,6 +201,8 @@ mod tests {
         assert!(NodeConfig::from_toml("[erasure]\nk = 0").is_err());
         assert!(NodeConfig::from_toml("[erasure]\nk = 60\nm = 10").is_err());
         assert!(NodeConfig::from_toml("[storage]\nmax_concurrent_puts = 0").is_err());
+        assert!(NodeConfig::from_toml("[network]\nlisten = \"udp:7071\"").is_err());
+        assert!(NodeConfig::from_toml("[network]\nbootstrap = [\"nope\"]").is_err());
         assert_eq!(
             NodeConfig::from_toml("").expect("empty is defaults"),
             NodeConfig::default()

@@ -25,6 +25,8 @@ pub enum StartError {
         #[source]
         source: OpenError,
     },
+    #[error(transparent)]
+    Network(#[from] crate::net::NetError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -68,6 +70,35 @@ impl Node {
             dir: dir.display().to_string(),
             source,
         })?;
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let key = crate::net::load_identity(&config.node.data_dir.join("identity.key"))?;
+        let parse = |a: &String| {
+            a.parse::<libp2p::Multiaddr>()
+                .map_err(|e| StartError::Config(format!("invalid multiaddr {a:?}: {e}")))
+        };
+        let net_cfg = crate::net::NetConfig {
+            listen: parse(&config.network.listen)?,
+            bootstrap: config
+                .network
+                .bootstrap
+                .iter()
+                .map(parse)
+                .collect::<Result<_, _>>()?,
+        };
+        let (net, swarm_task) = crate::net::Network::start(key, net_cfg, cancel.clone())?;
+        tasks.spawn(async move {
+            let _ = swarm_task.await;
+        });
+        let stats = Arc::new(crate::net::TransferStats::default());
+        let server = crate::net::ShardServer::new(store.clone(), net.clone(), Arc::clone(&stats));
+        tasks.spawn(server.run(cancel.clone()));
+        let cluster = crate::cluster::Cluster {
+            transfers: crate::net::Transfers::new(net.clone(), stats),
+            net,
+            store: store.clone(),
+            allow_colocation: config.network.allow_colocation,
+        };
         let addr = config.node.http_listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -81,9 +112,8 @@ impl Node {
             put_permits: Arc::new(Semaphore::new(config.storage.max_concurrent_puts)),
             max_puts: config.storage.max_concurrent_puts,
             started: Instant::now(),
+            cluster: Some(cluster),
         };
-        let cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
         let stop = cancel.clone();
         tasks.spawn(async move {
             let served = axum::serve(listener, router(state))

@@ -5,8 +5,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use cairn_node::client::{Client, PutOptions, mib_per_sec};
-use cairn_node::config::NodeConfig;
-use cairn_node::daemon::Node;
 
 pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> {
     let tmp;
@@ -17,14 +15,24 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
             tmp.path().to_path_buf()
         }
     };
-    let mut cfg = NodeConfig::default();
-    cfg.node.data_dir = work.join("node");
-    cfg.node.http_listen = "127.0.0.1:0".parse().expect("literal address");
-    let node = Node::start(cfg).await?;
-    let url = format!("http://{}", node.http_addr);
+    const NODES: usize = 8;
+    let net_dir = work.join("devnet");
+    let net = crate::devnet::up(&net_dir, NODES, 4, 2, 16 << 20).await?;
+    // Stop the devnet however this ends.
+    struct Down(PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            if let Err(e) = crate::devnet::down(&self.0) {
+                eprintln!("stopping the devnet: {e:#}");
+            }
+        }
+    }
+    let _down = Down(net_dir.clone());
+    let url = net.nodes[0].http.clone();
+    let reader_url = net.nodes[NODES / 2].http.clone();
     eprintln!(
-        "node listening on {url} (k=10, m=4, 64 MiB stripes), data in {}",
-        work.display()
+        "devnet of {NODES} nodes up (k=4, m=2, 16 MiB stripes, every stripe on 6 distinct nodes), data in {}",
+        net_dir.display()
     );
 
     let src = work.join("sample-model");
@@ -48,6 +56,9 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
         mib_per_sec(put.size, put_secs)
     );
 
+    // Read it back through another node: shards come from all over the network.
+    let mut client = Client::new(&reader_url);
+    client.progress = progress;
     let out = work.join("fetched");
     let t = Instant::now();
     let got = client.get(&put.root, &out).await?;
@@ -77,8 +88,6 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
     let whole = tokio::fs::read(src.join("model.safetensors")).await?;
     ensure!(range == whole[1000..1_001_000], "range read differs");
 
-    node.shutdown();
-    node.wait().await;
     println!("root {}", put.root);
     println!(
         "verified round trip of {} bytes: put {:.0} MiB/s, get {:.0} MiB/s",

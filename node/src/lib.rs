@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod net;
 pub mod pipeline;
 pub mod sample;

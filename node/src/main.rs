@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod devnet;
 
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use cairn_node::client::{Client, PutOptions, mib_per_sec};
 use cairn_node::config::NodeConfig;
 use cairn_node::daemon::Node;
 use clap::Parser;
-use cli::{Cli, Command, NodeCommand};
+use cli::{Cli, Command, DevnetCommand, NodeCommand};
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -151,6 +152,37 @@ async fn main() -> Result<()> {
             let n = cairn_node::sample::write_sample(&dir, size, 0x5eed)?;
             println!("wrote {n} bytes into {}", dir.display());
         }
+        Command::Devnet { command } => match command {
+            DevnetCommand::Up {
+                dir,
+                nodes,
+                k,
+                m,
+                stripe_size,
+            } => {
+                if nodes < usize::from(k) + usize::from(m) {
+                    bail!(
+                        "{nodes} nodes cannot hold k + m = {} shards of a stripe on distinct nodes",
+                        u16::from(k) + u16::from(m)
+                    );
+                }
+                let net = devnet::up(&dir, nodes, k, m, stripe_size).await?;
+                for (i, n) in net.nodes.iter().enumerate() {
+                    println!("node-{i} {} {}", n.http, n.p2p);
+                }
+                eprintln!(
+                    "devnet of {nodes} nodes up in {} (k={k}, m={m}); use --node {} or `cairn devnet down --dir {}`",
+                    dir.display(),
+                    net.nodes[0].http,
+                    dir.display()
+                );
+            }
+            DevnetCommand::Down { dir } => {
+                let n = devnet::down(&dir)?;
+                eprintln!("stopped {n} nodes");
+            }
+            DevnetCommand::Status { dir } => devnet::print_status(&dir).await?,
+        },
         Command::Demo { size, dir } => demo::run(size, dir, !cli.quiet).await?,
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use cairn_erasure::{
     Cid, Coder, EncodedStripe, FileEntry, Layout, Manifest, ManifestError, Stripe,
 };
-use cairn_storage::{Backend, CommitError, PutError, PutSession, ReadError, Store};
+use cairn_storage::{Backend, CommitError, PutError, ReadError, Store};
 use thiserror::Error;
 
 /// An upload could not be stored.
@@ -39,6 +39,15 @@ pub enum IngestError {
     /// The shard writer stopped before the encoder (its own error is reported instead).
     #[error("internal: the shard writer stopped early")]
     WriterStopped,
+    /// The cluster has fewer nodes than a stripe has shards.
+    #[error(
+        "{live} nodes are reachable but a stripe has {needed} shards that must sit on distinct \
+         nodes: start at least {needed} nodes, or allow co-location (network.allow_colocation)"
+    )]
+    TooFewNodes { live: usize, needed: usize },
+    /// Shards could not be placed on the cluster.
+    #[error("could not place shards: {0}")]
+    Placement(String),
 }
 
 /// What an upload carries.
@@ -128,16 +137,14 @@ impl Encoder<'_> {
     }
 }
 
-/// Store every shard of the stripes it receives, then return their buffers.
-fn write_stripes<B: Backend>(
-    session: &mut PutSession<B>,
+/// Hand every stripe it receives to `sink` (which stores its shards), then return the buffers.
+fn write_stripes(
+    sink: &mut dyn FnMut(&EncodedStripe) -> Result<(), IngestError>,
     stripes: Receiver<EncodedStripe>,
     returned: SyncSender<Buffers>,
-) -> Result<(), PutError> {
+) -> Result<(), IngestError> {
     for enc in stripes {
-        for (i, meta) in enc.shards.iter().enumerate() {
-            session.put_shard(meta, enc.shard(i))?;
-        }
+        sink(&enc)?;
         // The encoder may have finished already; then nobody needs the buffers.
         let _ = returned.send(enc.into_buffers());
     }
@@ -176,11 +183,28 @@ pub fn ingest<B: Backend, R: Read>(
     progress: &dyn Fn(u64),
 ) -> Result<(Cid, Manifest), IngestError> {
     let mut session = store.begin_put();
+    let manifest = encode(layout, upload, progress, &mut |enc| {
+        for (i, meta) in enc.shards.iter().enumerate() {
+            session.put_shard(meta, enc.shard(i))?;
+        }
+        Ok(())
+    })?;
+    let root = session.commit(&manifest, name, now_unix())?;
+    Ok((root, manifest))
+}
+
+/// Cut an upload into stripes and code them; `sink` stores each stripe's shards on a second
+/// thread while the next stripe is coded. Returns the manifest once every stripe was stored.
+pub fn encode<R: Read>(
+    layout: Layout,
+    upload: Upload<R>,
+    progress: &dyn Fn(u64),
+    sink: &mut (dyn FnMut(&EncodedStripe) -> Result<(), IngestError> + Send),
+) -> Result<Manifest, IngestError> {
     let (to_writer, stripes) = sync_channel::<EncodedStripe>(0);
     let (to_encoder, returned) = sync_channel::<Buffers>(STRIPES_IN_FLIGHT);
     let (files, written) = std::thread::scope(|s| {
-        let session = &mut session;
-        let writer = s.spawn(move || write_stripes(session, stripes, to_encoder));
+        let writer = s.spawn(move || write_stripes(sink, stripes, to_encoder));
         let mut enc = Encoder {
             layout,
             coder: Coder::new(&layout),
@@ -201,9 +225,7 @@ pub fn ingest<B: Backend, R: Read>(
     if files.is_empty() {
         return Err(IngestError::Empty);
     }
-    let manifest = Manifest::new(&layout, files)?;
-    let root = session.commit(&manifest, name, now_unix())?;
-    Ok((root, manifest))
+    Ok(Manifest::new(&layout, files)?)
 }
 
 /// Read every file of an upload and send its stripes to the writer.

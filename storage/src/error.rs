@@ -72,6 +72,8 @@ pub enum CommitError {
     MissingShard(String),
     #[error("manifest could not be encoded: {0}")]
     Manifest(String),
+    #[error("shard {0} was stored for this upload but the manifest does not list it")]
+    Unlisted(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }

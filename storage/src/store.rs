@@ -15,7 +15,12 @@ const REFS: &[u8] = b"r/";
 /// `m/<root cid>` -> checkpoint record (see [`encode_record`]).
 const CHECKPOINT: &[u8] = b"m/";
 
+/// Version tag of reference counts, and of checkpoint records written before record flags.
 const RECORD_VERSION: u8 = 1;
+/// Checkpoint records carry a flags byte from this version on.
+const RECORD_VERSION_FLAGS: u8 = 2;
+/// Record flag: this node holds only some of the checkpoint's shards (a cluster member).
+const FLAG_PARTIAL: u8 = 1;
 
 fn key(prefix: &[u8], cid: &Cid) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -23,11 +28,21 @@ fn key(prefix: &[u8], cid: &Cid) -> Vec<u8> {
     k
 }
 
-/// `[1][created: u64 LE unix seconds][name len: u16 LE][name: utf-8][manifest: dag-cbor]`.
-fn encode_record(created: u64, name: &str, manifest: &[u8]) -> Vec<u8> {
+/// A decoded checkpoint record.
+struct Record<'a> {
+    created: u64,
+    name: String,
+    partial: bool,
+    manifest: &'a [u8],
+}
+
+/// `[2][flags: u8][created: u64 LE unix seconds][name len: u16 LE][name: utf-8][manifest:
+/// dag-cbor]`. Version 1 records (no flags byte, always complete) are still read.
+fn encode_record(created: u64, name: &str, partial: bool, manifest: &[u8]) -> Vec<u8> {
     let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
-    let mut out = Vec::with_capacity(11 + name.len() + manifest.len());
-    out.push(RECORD_VERSION);
+    let mut out = Vec::with_capacity(12 + name.len() + manifest.len());
+    out.push(RECORD_VERSION_FLAGS);
+    out.push(if partial { FLAG_PARTIAL } else { 0 });
     out.extend_from_slice(&created.to_le_bytes());
     out.extend_from_slice(&(name.len() as u16).to_le_bytes());
     out.extend_from_slice(name);
@@ -35,10 +50,18 @@ fn encode_record(created: u64, name: &str, manifest: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decode_record(bytes: &[u8]) -> Result<(u64, String, &[u8]), String> {
+fn decode_record(bytes: &[u8]) -> Result<Record<'_>, String> {
     let (&v, rest) = bytes.split_first().ok_or("empty record")?;
-    if v != RECORD_VERSION {
-        return Err(format!("unknown record version {v}"));
+    let (flags, rest) = match v {
+        RECORD_VERSION => (0, rest),
+        RECORD_VERSION_FLAGS => {
+            let (&f, rest) = rest.split_first().ok_or("truncated record")?;
+            (f, rest)
+        }
+        _ => return Err(format!("unknown record version {v}")),
+    };
+    if flags & !FLAG_PARTIAL != 0 {
+        return Err(format!("unknown record flags {flags:#04x}"));
     }
     let (created, rest) = rest.split_first_chunk::<8>().ok_or("truncated record")?;
     let (name_len, rest) = rest.split_first_chunk::<2>().ok_or("truncated record")?;
@@ -48,7 +71,12 @@ fn decode_record(bytes: &[u8]) -> Result<(u64, String, &[u8]), String> {
     }
     let (name, manifest) = rest.split_at(name_len);
     let name = String::from_utf8(name.to_vec()).map_err(|_| "record name is not utf-8")?;
-    Ok((u64::from_le_bytes(*created), name, manifest))
+    Ok(Record {
+        created: u64::from_le_bytes(*created),
+        name,
+        partial: flags & FLAG_PARTIAL != 0,
+        manifest,
+    })
 }
 
 fn decode_refs(bytes: &[u8]) -> Option<u64> {
@@ -73,6 +101,8 @@ pub struct CheckpointInfo {
     pub created: u64,
     pub files: usize,
     pub size: u64,
+    /// False when this node holds only its share of the shards (cluster placement).
+    pub complete: bool,
 }
 
 /// What a verified read of one shard found.
@@ -315,6 +345,26 @@ impl<B: Backend> Store<B> {
     /// Read bytes `[start, end)` of a shard; only the 16 KiB groups covering them are read,
     /// and each is verified.
     pub fn read_shard_range(&self, cid: &Cid, start: u64, end: u64) -> Result<Vec<u8>, ReadError> {
+        let (_, a, data) = self.read_groups(cid, start, end)?;
+        let from = usize::try_from(start - a).expect("within a read buffer");
+        let to = usize::try_from(end - a).expect("within a read buffer");
+        let mut data = data;
+        data.truncate(to);
+        if from > 0 {
+            data.drain(..from);
+        }
+        Ok(data)
+    }
+
+    /// Read the 16 KiB groups covering bytes `[start, end)` of a shard, verified: returns the
+    /// shard's outboard, the aligned start offset and the bytes (what a peer needs to verify
+    /// the same range again).
+    pub fn read_groups(
+        &self,
+        cid: &Cid,
+        start: u64,
+        end: u64,
+    ) -> Result<(Outboard, u64, Vec<u8>), ReadError> {
         let (hash, ob) = self.outboard(cid)?;
         let (a, b) = ob.aligned(start, end).map_err(|_| ReadError::Range {
             cid: cid.to_string(),
@@ -332,14 +382,7 @@ impl<B: Backend> Store<B> {
         }
         ob.verify_groups(&hash, a, &data)
             .map_err(|e| self.corrupt(cid, e.to_string()))?;
-        let from = usize::try_from(start - a).expect("within a read buffer");
-        let to = usize::try_from(end - a).expect("within a read buffer");
-        let mut data = data;
-        data.truncate(to);
-        if from > 0 {
-            data.drain(..from);
-        }
-        Ok(data)
+        Ok((ob, a, data))
     }
 
     /// Verify a shard without returning it.
@@ -385,6 +428,22 @@ impl<B: Backend> Store<B> {
         Manifest::decode(&bytes).map_err(|e| self.corrupt(root, e.to_string()))
     }
 
+    /// The manifest of a pinned checkpoint and whether every shard of it is held here (false
+    /// for a cluster member's share).
+    pub fn manifest_entry(&self, root: &Cid) -> Result<(Manifest, bool), ReadError> {
+        let record = self
+            .inner
+            .backend
+            .get(&key(CHECKPOINT, root))?
+            .ok_or(ReadError::NotFound(root.to_string()))?;
+        let r = decode_record(&record).map_err(|e| self.corrupt(root, e))?;
+        if cairn_erasure::manifest_cid(r.manifest) != *root {
+            return Err(self.corrupt(root, "manifest bytes do not match the root cid"));
+        }
+        let m = Manifest::decode(r.manifest).map_err(|e| self.corrupt(root, e.to_string()))?;
+        Ok((m, !r.partial))
+    }
+
     /// The encoded manifest bytes of a pinned checkpoint (verified against the root).
     pub fn manifest_bytes(&self, root: &Cid) -> Result<Vec<u8>, ReadError> {
         let record = self
@@ -392,7 +451,9 @@ impl<B: Backend> Store<B> {
             .backend
             .get(&key(CHECKPOINT, root))?
             .ok_or(ReadError::NotFound(root.to_string()))?;
-        let (_, _, bytes) = decode_record(&record).map_err(|e| self.corrupt(root, e))?;
+        let bytes = decode_record(&record)
+            .map_err(|e| self.corrupt(root, e))?
+            .manifest;
         if cairn_erasure::manifest_cid(bytes) != *root {
             return Err(self.corrupt(root, "manifest bytes do not match the root cid"));
         }
@@ -408,17 +469,18 @@ impl<B: Backend> Store<B> {
                 bad = Some("unparsable checkpoint key".to_string());
                 return false;
             };
-            match decode_record(v).and_then(|(c, n, m)| {
-                Manifest::decode(m)
-                    .map(|m| (c, n, m))
+            match decode_record(v).and_then(|r| {
+                Manifest::decode(r.manifest)
+                    .map(|m| (r, m))
                     .map_err(|e| e.to_string())
             }) {
-                Ok((created, name, m)) => out.push(CheckpointInfo {
+                Ok((r, m)) => out.push(CheckpointInfo {
                     root,
-                    name,
-                    created,
+                    name: r.name,
+                    created: r.created,
                     files: m.files.len(),
                     size: m.total_size(),
+                    complete: !r.partial,
                 }),
                 Err(e) => {
                     // Listed as a broken entry rather than hiding it.
@@ -429,6 +491,7 @@ impl<B: Backend> Store<B> {
                         created: 0,
                         files: 0,
                         size: 0,
+                        complete: false,
                     });
                 }
             }
@@ -452,8 +515,8 @@ impl<B: Backend> Store<B> {
                 cid: root.to_string(),
                 reason,
             })
-            .and_then(|(_, _, m)| {
-                Manifest::decode(m).map_err(|e| UnpinError::Corrupt {
+            .and_then(|r| {
+                Manifest::decode(r.manifest).map_err(|e| UnpinError::Corrupt {
                     cid: root.to_string(),
                     reason: e.to_string(),
                 })
@@ -605,10 +668,32 @@ impl<B: Backend> PutSession<B> {
     /// reference counts are written in one atomic, durable batch. Idempotent for a root that
     /// is already pinned.
     pub fn commit(
+        self,
+        manifest: &Manifest,
+        name: &str,
+        now_unix: u64,
+    ) -> Result<Cid, CommitError> {
+        self.commit_inner(manifest, name, now_unix, false)
+    }
+
+    /// Commit this node's share of a checkpoint placed across a cluster: the manifest is
+    /// recorded and every shard of it is referenced, but only the shards this session stored
+    /// are held here (the others live on other nodes). Reads of it go through the cluster.
+    pub fn commit_partial(
+        self,
+        manifest: &Manifest,
+        name: &str,
+        now_unix: u64,
+    ) -> Result<Cid, CommitError> {
+        self.commit_inner(manifest, name, now_unix, true)
+    }
+
+    fn commit_inner(
         mut self,
         manifest: &Manifest,
         name: &str,
         now_unix: u64,
+        partial: bool,
     ) -> Result<Cid, CommitError> {
         let (bytes, root) = manifest
             .encode_with_cid()
@@ -622,9 +707,17 @@ impl<B: Backend> PutSession<B> {
             return Ok(root);
         }
         let distinct: BTreeSet<Cid> = manifest.shard_cids().copied().collect();
+        let held = |cid: &Cid| -> Result<bool, BackendError> {
+            Ok(self.claimed.contains(cid) && b.get(&key(SHARD, cid))?.is_some())
+        };
         for cid in &distinct {
-            if !self.claimed.contains(cid) || b.get(&key(SHARD, cid))?.is_none() {
+            if !partial && !held(cid)? {
                 return Err(CommitError::MissingShard(cid.to_string()));
+            }
+        }
+        for cid in &self.claimed {
+            if partial && !distinct.contains(cid) {
+                return Err(CommitError::Unlisted(cid.to_string()));
             }
         }
         b.sync_blobs()?;
@@ -634,7 +727,10 @@ impl<B: Backend> PutSession<B> {
             let n = b.get(&rk)?.and_then(|v| decode_refs(&v)).unwrap_or(0);
             batch.push(BatchOp::Put(rk, encode_refs(n + 1)));
         }
-        batch.push(BatchOp::Put(ck, encode_record(now_unix, name, &bytes)));
+        batch.push(BatchOp::Put(
+            ck,
+            encode_record(now_unix, name, partial, &bytes),
+        ));
         b.write(batch, true)?;
         self.committed = true;
         Ok(root)
@@ -736,6 +832,38 @@ mod tests {
         assert_eq!(store.stats().used_bytes, 0);
         assert!(matches!(store.manifest(&root), Err(ReadError::NotFound(_))));
         assert!(matches!(store.unpin(&root), Err(UnpinError::NotFound(_))));
+    }
+
+    #[test]
+    fn partial_commit_holds_only_its_share_and_unpins_cleanly() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        // The full checkpoint is coded elsewhere; this node keeps shard 1 of every stripe.
+        let elsewhere = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let mut s = elsewhere.begin_put();
+        let f = put_file(&mut s, "w.bin", &data(150_000, 4));
+        let m = Manifest::new(&layout(), vec![f]).expect("manifest");
+        let mut mine = store.begin_put();
+        for stripe in &m.files[0].stripes {
+            let bytes = elsewhere.read_shard(&stripe[1]).expect("read");
+            mine.put_shard_verified(&stripe[1], &bytes).expect("put");
+        }
+        // Unlisted shards are refused.
+        let mut stray = store.begin_put();
+        let d = data(5000, 8);
+        let enc = encode_stripe(&Coder::new(&layout()), &layout(), d, Vec::new());
+        stray.put_shard(&enc.shards[0], enc.shard(0)).expect("put");
+        assert!(matches!(
+            stray.commit_partial(&m, "x", 4),
+            Err(CommitError::Unlisted(_))
+        ));
+        let root = mine.commit_partial(&m, "share", 3).expect("partial commit");
+        let (got, complete) = store.manifest_entry(&root).expect("entry");
+        assert_eq!(got, m);
+        assert!(!complete);
+        assert!(!store.list().expect("list")[0].complete);
+        assert_eq!(store.stats().shards, m.files[0].stripes.len() as u64);
+        assert_eq!(store.unpin(&root).expect("unpin"), m.files[0].stripes.len());
+        assert_eq!(store.stats().shards, 0);
     }
 
     #[test]

@@ -24,8 +24,13 @@ impl NodeProc {
         std::fs::write(
             &config,
             format!(
-                "[node]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n{extra}",
-                data_dir.display().to_string()
+                "[node]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n{extra}\n{}",
+                data_dir.display().to_string(),
+                if extra.contains("[network]") {
+                    ""
+                } else {
+                    "[network]\nlisten = \"/ip4/127.0.0.1/udp/0/quic-v1\"\n"
+                }
             ),
         )
         .expect("write config");

@@ -1,0 +1,205 @@
+//! `cairn devnet`: a local network of node processes on loopback, each with its own data
+//! directory and ports, joined to each other. State lives in `<dir>/devnet.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cairn_node::client::Client;
+use serde::{Deserialize, Serialize};
+
+/// How long a node may take to start, and the network to join up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevnetNode {
+    pub pid: u32,
+    pub http: String,
+    pub p2p: String,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Devnet {
+    pub nodes: Vec<DevnetNode>,
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("devnet.json")
+}
+
+/// Read a running devnet's state.
+pub fn load(dir: &Path) -> Result<Devnet> {
+    let path = state_file(dir);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no devnet in {} (run `cairn devnet up`)", dir.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Wait for the line a node prints once its HTTP API listens.
+fn wait_http(log: &Path, child: &mut std::process::Child) -> Result<String> {
+    let pid = child.id();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(log)
+            && let Some(url) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("cairn node listening on "))
+        {
+            return Ok(url.trim().to_owned());
+        }
+        if !matches!(child.try_wait(), Ok(None)) || Instant::now() > deadline {
+            bail!(
+                "node {pid} did not start; its log is {}:\n{}",
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn status(url: &str) -> Result<serde_json::Value> {
+    Ok(Client::new(url).json("/v1/status").await?)
+}
+
+/// Start `n` nodes under `dir` with the given coding defaults; each node dials every node
+/// started before it, so the network is fully joined when this returns.
+pub async fn up(dir: &Path, n: usize, k: u8, m: u8, stripe_size: u64) -> Result<Devnet> {
+    if state_file(dir).exists() {
+        bail!(
+            "a devnet already runs in {} (run `cairn devnet down --dir {}` first)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if n == 0 {
+        bail!("a devnet needs at least one node");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let exe = std::env::current_exe().context("locating the cairn binary")?;
+    let mut nodes: Vec<DevnetNode> = Vec::with_capacity(n);
+    for i in 0..n {
+        let node_dir = dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&node_dir)?;
+        let bootstrap: Vec<String> = nodes.iter().map(|n| format!("{:?}", n.p2p)).collect();
+        let config = format!(
+            "[node]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n\n\
+             [erasure]\nk = {k}\nm = {m}\nstripe_size = {stripe_size}\n\n\
+             [network]\nlisten = \"/ip4/127.0.0.1/udp/0/quic-v1\"\nbootstrap = [{}]\n",
+            node_dir.join("data").display().to_string(),
+            bootstrap.join(", ")
+        );
+        let config_path = node_dir.join("node.toml");
+        std::fs::write(&config_path, config)?;
+        let log_path = node_dir.join("node.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = {
+            use std::os::unix::process::CommandExt;
+            Command::new(&exe)
+                .args(["node", "run", "--config"])
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .context("starting a node")?
+        };
+        let pid = child.id();
+        let http = wait_http(&log_path, &mut child)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let p2p = loop {
+            let s = status(&http).await?;
+            if let Some(a) = s["p2p_listen"].as_array().and_then(|a| a.first()) {
+                let peer = s["peer_id"].as_str().unwrap_or_default();
+                break format!("{}/p2p/{peer}", a.as_str().unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                bail!("node {i} never reported its p2p address");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        nodes.push(DevnetNode {
+            pid,
+            http,
+            p2p,
+            dir: node_dir,
+        });
+    }
+    let net = Devnet { nodes };
+    std::fs::write(state_file(dir), serde_json::to_string_pretty(&net)?)?;
+    // Every node knows every other one.
+    let deadline = Instant::now() + START_TIMEOUT;
+    for node in &net.nodes {
+        loop {
+            let s = status(&node.http).await?;
+            if s["peers"].as_u64().unwrap_or(0) as usize >= n - 1 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} sees only {} of {} peers",
+                    node.http,
+                    s["peers"],
+                    n - 1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(net)
+}
+
+/// Stop every node (SIGTERM, then SIGKILL after 10 s) and forget the devnet.
+pub fn down(dir: &Path) -> Result<usize> {
+    let net = load(dir)?;
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    for n in &net.nodes {
+        if alive(n.pid) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &n.pid.to_string()])
+                .status();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in &net.nodes {
+        while alive(n.pid) && !is_zombie(n.pid) {
+            if Instant::now() > deadline {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &n.pid.to_string()])
+                    .status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    std::fs::remove_file(state_file(dir))?;
+    Ok(net.nodes.len())
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// One line per node: address, peers, shards held.
+pub async fn print_status(dir: &Path) -> Result<()> {
+    let net = load(dir)?;
+    for (i, n) in net.nodes.iter().enumerate() {
+        match status(&n.http).await {
+            Ok(s) => println!(
+                "node-{i}  {}  pid {}  peers {}  shards {}  used {} bytes",
+                n.http, n.pid, s["peers"], s["shards"], s["used_bytes"]
+            ),
+            Err(e) => println!("node-{i}  {}  pid {}  DOWN ({e})", n.http, n.pid),
+        }
+    }
+    Ok(())
+}

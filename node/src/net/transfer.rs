@@ -1,0 +1,555 @@
+//! Shard transfer over QUIC streams (`/cairn/shard/1`, one request per stream): the client
+//! calls a gateway makes, and the server every node runs. Everything received is verified
+//! against its CID before it is used or stored; a peer whose bytes do not verify is cut off.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_erasure::{Cid, Manifest, Outboard, manifest_cid, shard_hash};
+use cairn_storage::{Backend, CommitError, PutError, PutSession, ReadError, Store};
+use libp2p::futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use thiserror::Error;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::swarm::{Network, SHARD_PROTOCOL};
+use super::wire::{self, HEADER_LEN, Request, Response, ShardHeader, Status, UploadId, WireError};
+
+/// Longest a single request may take end to end (a 256 MiB shard at ~10 MiB/s fits).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// An upload session with no activity for this long is dropped with its shards.
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(120);
+/// Memory the server may hold for inbound shards at once, in MiB.
+const INBOUND_BUDGET_MIB: u32 = 512;
+/// Streams served at once; more wait.
+const MAX_STREAMS: usize = 256;
+
+/// A transfer with a peer failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    #[error("cannot open a stream to {peer}: {reason}")]
+    Open { peer: PeerId, reason: String },
+    #[error("i/o with {peer}: {source}")]
+    Io {
+        peer: PeerId,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{peer} sent a malformed message: {source}")]
+    Wire {
+        peer: PeerId,
+        #[source]
+        source: WireError,
+    },
+    #[error("{peer} answered {status:?}: {message}")]
+    Remote {
+        peer: PeerId,
+        status: Status,
+        message: String,
+    },
+    #[error("{peer} sent bytes that do not match {cid}: {reason}")]
+    Verify {
+        peer: PeerId,
+        cid: String,
+        reason: String,
+    },
+    #[error("{peer} did not answer within {0:?}", REQUEST_TIMEOUT)]
+    Timeout { peer: PeerId },
+}
+
+impl TransferError {
+    /// The peer answered that it does not have what was asked.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            TransferError::Remote {
+                status: Status::NotFound,
+                ..
+            }
+        )
+    }
+}
+
+/// Bytes moved by this node's transfers (both directions), for status and tests.
+#[derive(Debug, Default)]
+pub struct TransferStats {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Answers from peers that failed verification.
+    pub bad_peer_answers: AtomicU64,
+}
+
+/// Client side of the protocol.
+#[derive(Clone)]
+pub struct Transfers {
+    net: Network,
+    stats: Arc<TransferStats>,
+}
+
+async fn read_frame(stream: &mut Stream, peer: PeerId) -> Result<(u8, Vec<u8>), TransferError> {
+    let mut h = [0u8; HEADER_LEN];
+    read_exact(stream, &mut h, peer).await?;
+    let (kind, len) =
+        wire::decode_header(&h).map_err(|source| TransferError::Wire { peer, source })?;
+    let mut body = vec![0u8; len as usize];
+    read_exact(stream, &mut body, peer).await?;
+    Ok((kind, body))
+}
+
+async fn read_exact(
+    stream: &mut Stream,
+    buf: &mut [u8],
+    peer: PeerId,
+) -> Result<(), TransferError> {
+    stream
+        .read_exact(buf)
+        .await
+        .map_err(|source| TransferError::Io { peer, source })
+}
+
+async fn write_all(stream: &mut Stream, buf: &[u8], peer: PeerId) -> Result<(), TransferError> {
+    stream
+        .write_all(buf)
+        .await
+        .map_err(|source| TransferError::Io { peer, source })
+}
+
+/// Read a response; an error status becomes [`TransferError::Remote`].
+async fn read_response(stream: &mut Stream, peer: PeerId) -> Result<Vec<u8>, TransferError> {
+    let (kind, body) = read_frame(stream, peer).await?;
+    let r = Response::decode(kind, body).map_err(|source| TransferError::Wire { peer, source })?;
+    if r.status != Status::Ok {
+        return Err(TransferError::Remote {
+            peer,
+            status: r.status,
+            message: r.message(),
+        });
+    }
+    Ok(r.body)
+}
+
+impl Transfers {
+    pub fn new(net: Network, stats: Arc<TransferStats>) -> Self {
+        Self { net, stats }
+    }
+
+    pub fn stats(&self) -> &TransferStats {
+        &self.stats
+    }
+
+    async fn open(&self, peer: PeerId) -> Result<Stream, TransferError> {
+        self.net
+            .streams()
+            .open_stream(peer, SHARD_PROTOCOL)
+            .await
+            .map_err(|e| TransferError::Open {
+                peer,
+                reason: e.to_string(),
+            })
+    }
+
+    async fn timed<T>(
+        peer: PeerId,
+        f: impl Future<Output = Result<T, TransferError>>,
+    ) -> Result<T, TransferError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, f)
+            .await
+            .unwrap_or(Err(TransferError::Timeout { peer }))
+    }
+
+    /// Send one shard of an upload; returns once the peer verified and stored it.
+    pub async fn push_shard(
+        &self,
+        peer: PeerId,
+        upload: UploadId,
+        cid: &Cid,
+        data: &[u8],
+    ) -> Result<(), TransferError> {
+        Self::timed(peer, async {
+            let mut s = self.open(peer).await?;
+            let req = Request::PutShard {
+                upload,
+                cid: *cid,
+                len: data.len() as u64,
+            };
+            write_all(&mut s, &req.encode(), peer).await?;
+            write_all(&mut s, data, peer).await?;
+            s.flush()
+                .await
+                .map_err(|source| TransferError::Io { peer, source })?;
+            self.stats
+                .bytes_out
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            read_response(&mut s, peer).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Fetch bytes `[start, end)` of a shard, verified against its CID.
+    pub async fn fetch_range(
+        &self,
+        peer: PeerId,
+        cid: &Cid,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, TransferError> {
+        let result = Self::timed(peer, async {
+            let mut s = self.open(peer).await?;
+            write_all(
+                &mut s,
+                &Request::GetShard {
+                    cid: *cid,
+                    start,
+                    end,
+                }
+                .encode(),
+                peer,
+            )
+            .await?;
+            let body = read_response(&mut s, peer).await?;
+            let h = ShardHeader::decode(&body)
+                .map_err(|source| TransferError::Wire { peer, source })?;
+            let bad = |reason: String| TransferError::Verify {
+                peer,
+                cid: cid.to_string(),
+                reason,
+            };
+            let hash = shard_hash(cid).map_err(|e| bad(e.to_string()))?;
+            let ob = Outboard::from_bytes(&h.outboard).map_err(|e| bad(e.to_string()))?;
+            ob.check(&hash).map_err(|e| bad(e.to_string()))?;
+            let end = end.min(ob.len());
+            let (a, b) = ob.aligned(start, end).map_err(|e| bad(e.to_string()))?;
+            if (h.start, h.end, h.shard_len) != (a, b, ob.len()) {
+                return Err(bad(format!(
+                    "answered range {}..{} of {} where {a}..{b} of {} was due",
+                    h.start,
+                    h.end,
+                    h.shard_len,
+                    ob.len()
+                )));
+            }
+            let n = usize::try_from(b - a).expect("shards fit memory");
+            let mut data = vec![0u8; n];
+            read_exact(&mut s, &mut data, peer).await?;
+            self.stats
+                .bytes_in
+                .fetch_add((n + body.len()) as u64, Ordering::Relaxed);
+            ob.verify_groups(&hash, a, &data)
+                .map_err(|e| bad(e.to_string()))?;
+            data.truncate(usize::try_from(end - a).expect("within the buffer"));
+            data.drain(..usize::try_from(start - a).expect("within the buffer"));
+            Ok(data)
+        })
+        .await;
+        if let Err(TransferError::Verify { .. } | TransferError::Wire { .. }) = &result {
+            self.stats.bad_peer_answers.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "peer sent bad data; disconnecting it");
+            self.net.disconnect(peer).await;
+        }
+        result
+    }
+
+    /// Pin an upload's shards on a peer under the manifest.
+    pub async fn commit(
+        &self,
+        peer: PeerId,
+        upload: UploadId,
+        name: &str,
+        manifest: &[u8],
+    ) -> Result<(), TransferError> {
+        Self::timed(peer, async {
+            let mut s = self.open(peer).await?;
+            let req = Request::Commit {
+                upload,
+                name: name.to_owned(),
+                manifest_len: u32::try_from(manifest.len()).expect("manifests are <= 64 MiB"),
+            };
+            write_all(&mut s, &req.encode(), peer).await?;
+            write_all(&mut s, manifest, peer).await?;
+            s.flush()
+                .await
+                .map_err(|source| TransferError::Io { peer, source })?;
+            read_response(&mut s, peer).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Drop an upload's shards on a peer (best effort: they expire anyway).
+    pub async fn abort(&self, peer: PeerId, upload: UploadId) {
+        let _ = Self::timed(peer, async {
+            let mut s = self.open(peer).await?;
+            write_all(&mut s, &Request::Abort { upload }.encode(), peer).await?;
+            read_response(&mut s, peer).await?;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Fetch a checkpoint's manifest, verified against its root CID.
+    pub async fn fetch_manifest(&self, peer: PeerId, root: &Cid) -> Result<Vec<u8>, TransferError> {
+        Self::timed(peer, async {
+            let mut s = self.open(peer).await?;
+            write_all(&mut s, &Request::GetManifest { root: *root }.encode(), peer).await?;
+            let body = read_response(&mut s, peer).await?;
+            let n = wire::decode_manifest_len(&body)
+                .map_err(|source| TransferError::Wire { peer, source })?;
+            let mut bytes = vec![0u8; n as usize];
+            read_exact(&mut s, &mut bytes, peer).await?;
+            if manifest_cid(&bytes) != *root {
+                return Err(TransferError::Verify {
+                    peer,
+                    cid: root.to_string(),
+                    reason: "manifest bytes do not hash to the root".into(),
+                });
+            }
+            Ok(bytes)
+        })
+        .await
+    }
+}
+
+/// An upload a gateway is pushing to this node.
+struct Session<B: Backend> {
+    put: Arc<Mutex<PutSession<B>>>,
+    last: Instant,
+}
+
+/// Test-only fault switch (environment): serve shard bytes with one byte flipped, after
+/// they were verified locally — a lying peer.
+pub const FAULT_CORRUPT_SERVED_ENV: &str = "CAIRN_FAULT_CORRUPT_SERVED";
+
+/// The server side: answers shard streams from peers.
+pub struct ShardServer<B: Backend> {
+    store: Store<B>,
+    net: Network,
+    sessions: Mutex<HashMap<UploadId, Session<B>>>,
+    inbound: Semaphore,
+    stats: Arc<TransferStats>,
+    corrupt_served: bool,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn put_status(e: &PutError) -> Status {
+    match e {
+        PutError::StoreFull { .. } => Status::StoreFull,
+        PutError::Verify { .. } => Status::Corrupt,
+        _ => Status::Internal,
+    }
+}
+
+fn read_status(e: &ReadError) -> Status {
+    match e {
+        ReadError::NotFound(_) => Status::NotFound,
+        ReadError::Corrupt { .. } => Status::Corrupt,
+        ReadError::Range { .. } => Status::BadRequest,
+        _ => Status::Internal,
+    }
+}
+
+impl<B: Backend> ShardServer<B> {
+    pub fn new(store: Store<B>, net: Network, stats: Arc<TransferStats>) -> Arc<Self> {
+        let corrupt_served = std::env::var(FAULT_CORRUPT_SERVED_ENV).is_ok_and(|v| v == "1");
+        if corrupt_served {
+            warn!("fault injection on: this node serves corrupted shard bytes");
+        }
+        Arc::new(Self {
+            store,
+            net,
+            sessions: Mutex::new(HashMap::new()),
+            inbound: Semaphore::new(INBOUND_BUDGET_MIB as usize),
+            stats,
+            corrupt_served,
+        })
+    }
+
+    /// Accept and answer shard streams until `cancel` fires; also expires idle uploads.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut incoming = match self.net.streams().accept(SHARD_PROTOCOL) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, "cannot accept shard streams");
+                return;
+            }
+        };
+        let mut tasks = JoinSet::new();
+        let mut sweep = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = sweep.tick() => self.expire(),
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done { warn!(error = %e, "shard stream task failed"); }
+                }
+                next = incoming.next(), if tasks.len() < MAX_STREAMS => {
+                    let Some((peer, stream)) = next else { break };
+                    let me = Arc::clone(&self);
+                    tasks.spawn(async move { me.serve(peer, stream).await });
+                }
+            }
+        }
+        tasks.shutdown().await;
+    }
+
+    fn expire(&self) {
+        let mut s = lock(&self.sessions);
+        let before = s.len();
+        s.retain(|_, v| v.last.elapsed() < UPLOAD_IDLE);
+        if s.len() < before {
+            warn!(
+                expired = before - s.len(),
+                "dropped idle uploads and their shards"
+            );
+        }
+    }
+
+    async fn serve(&self, peer: PeerId, mut stream: Stream) {
+        let result = tokio::time::timeout(REQUEST_TIMEOUT, self.answer(peer, &mut stream)).await;
+        let response = match result {
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(r))) => r,
+            Ok(Err(r)) => r,
+            Err(_) => Response::error(Status::Busy, "request timed out"),
+        };
+        if response.status != Status::Ok {
+            debug!(%peer, status = ?response.status, message = %response.message(), "shard request refused");
+        }
+        let _ = stream.write_all(&response.encode()).await;
+        let _ = stream.close().await;
+    }
+
+    /// Answer one request. `Ok(None)`: the answer was written already.
+    async fn answer(&self, peer: PeerId, s: &mut Stream) -> Result<Option<Response>, Response> {
+        let bad = |e: TransferError| Response::error(Status::BadRequest, &e.to_string());
+        let (kind, body) = read_frame(s, peer).await.map_err(bad)?;
+        let req = Request::decode(kind, &body)
+            .map_err(|e| Response::error(Status::BadRequest, &e.to_string()))?;
+        match req {
+            Request::PutShard { upload, cid, len } => {
+                let mib = u32::try_from(len.div_ceil(1 << 20).max(1)).unwrap_or(u32::MAX);
+                let _permit = self
+                    .inbound
+                    .acquire_many(mib.min(INBOUND_BUDGET_MIB))
+                    .await
+                    .map_err(|_| Response::error(Status::Busy, "shutting down"))?;
+                let mut data = vec![0u8; usize::try_from(len).expect("limited by the decoder")];
+                read_exact(s, &mut data, peer).await.map_err(bad)?;
+                self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
+                let put = {
+                    let mut sessions = lock(&self.sessions);
+                    let entry = sessions.entry(upload).or_insert_with(|| Session {
+                        put: Arc::new(Mutex::new(self.store.begin_put())),
+                        last: Instant::now(),
+                    });
+                    entry.last = Instant::now();
+                    Arc::clone(&entry.put)
+                };
+                tokio::task::spawn_blocking(move || lock(&put).put_shard_verified(&cid, &data))
+                    .await
+                    .map_err(|e| Response::error(Status::Internal, &e.to_string()))?
+                    .map_err(|e| Response::error(put_status(&e), &e.to_string()))?;
+                Ok(Some(Response::ok(Vec::new())))
+            }
+            Request::GetShard { cid, start, end } => {
+                let store = self.store.clone();
+                let (ob, a, mut data) = tokio::task::spawn_blocking(move || {
+                    let end = match end {
+                        u64::MAX => store.shard_len(&cid)?,
+                        e => e,
+                    };
+                    store.read_groups(&cid, start, end)
+                })
+                .await
+                .map_err(|e| Response::error(Status::Internal, &e.to_string()))?
+                .map_err(|e| Response::error(read_status(&e), &e.to_string()))?;
+                if self.corrupt_served && !data.is_empty() {
+                    data[0] ^= 0x5a;
+                }
+                let header = ShardHeader {
+                    shard_len: ob.len(),
+                    outboard: ob.to_bytes(),
+                    start: a,
+                    end: a + data.len() as u64,
+                };
+                let mut out = Response::ok(header.encode()).encode();
+                out.extend_from_slice(&data);
+                write_all(s, &out, peer).await.map_err(bad)?;
+                let _ = s.close().await;
+                self.stats
+                    .bytes_out
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
+                Ok(None)
+            }
+            Request::Commit {
+                upload,
+                name,
+                manifest_len,
+            } => {
+                let mut bytes = vec![0u8; manifest_len as usize];
+                read_exact(s, &mut bytes, peer).await.map_err(bad)?;
+                let manifest = Manifest::decode(&bytes)
+                    .map_err(|e| Response::error(Status::BadRequest, &e.to_string()))?;
+                let session = lock(&self.sessions).remove(&upload);
+                let store = self.store.clone();
+                let held = tokio::task::spawn_blocking(move || {
+                    let put = match session {
+                        Some(s) => Arc::into_inner(s.put)
+                            .ok_or(CommitError::Manifest("upload still writing".into()))?
+                            .into_inner()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner),
+                        None => store.begin_put(),
+                    };
+                    let root = put.commit_partial(&manifest, &name, now_unix())?;
+                    let mut held = vec![root];
+                    for cid in manifest.shard_cids() {
+                        if store.has_shard(cid)? {
+                            held.push(*cid);
+                        }
+                    }
+                    Ok::<_, CommitError>(held)
+                })
+                .await
+                .map_err(|e| Response::error(Status::Internal, &e.to_string()))?
+                .map_err(|e| Response::error(Status::Internal, &e.to_string()))?;
+                for cid in held {
+                    self.net.provide(&cid.to_bytes()).await;
+                }
+                Ok(Some(Response::ok(Vec::new())))
+            }
+            Request::Abort { upload } => {
+                let session = lock(&self.sessions).remove(&upload);
+                drop(session);
+                Ok(Some(Response::ok(Vec::new())))
+            }
+            Request::GetManifest { root } => {
+                let store = self.store.clone();
+                let bytes = tokio::task::spawn_blocking(move || store.manifest_bytes(&root))
+                    .await
+                    .map_err(|e| Response::error(Status::Internal, &e.to_string()))?
+                    .map_err(|e| Response::error(read_status(&e), &e.to_string()))?;
+                let len = u32::try_from(bytes.len()).expect("manifests are <= 64 MiB");
+                let mut out = Response::ok(len.to_le_bytes().to_vec()).encode();
+                out.extend_from_slice(&bytes);
+                write_all(s, &out, peer).await.map_err(bad)?;
+                let _ = s.close().await;
+                Ok(None)
+            }
+        }
+    }
+}
