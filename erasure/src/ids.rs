@@ -76,6 +76,16 @@ pub fn parse_cid(input: &str) -> Result<Cid, CidError> {
     Ok(cid)
 }
 
+/// Parse a CID string and check it is a Cairn shard CID (raw codec, BLAKE3).
+pub fn parse_shard_cid(input: &str) -> Result<Cid, CidError> {
+    let cid = Cid::try_from(input).map_err(|e| CidError::Malformed {
+        input: input.chars().take(128).collect(),
+        reason: e.to_string(),
+    })?;
+    shard_hash(&cid)?;
+    Ok(cid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +117,16 @@ mod tests {
         assert!(matches!(
             parse_cid(&shard),
             Err(CidError::Unsupported { .. })
+        ));
+        assert!(parse_shard_cid(&shard).is_ok());
+        let root = manifest_cid(b"x").to_string();
+        assert!(matches!(
+            parse_shard_cid(&root),
+            Err(CidError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            parse_shard_cid("nope"),
+            Err(CidError::Malformed { .. })
         ));
     }
 }

@@ -500,7 +500,8 @@ async fn shard_status<B: Backend>(
     State(s): State<AppState<B>>,
     Path(cid): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let cid = root_of(&cid)?;
+    let cid = cairn_erasure::parse_shard_cid(&cid)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_cid", e.to_string()))?;
     let store = s.store.clone();
     let status = blocking(move || {
         store

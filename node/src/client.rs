@@ -417,14 +417,17 @@ impl Client {
             .await
             .map_err(io_err(part))?;
         let mut fetched = 0u64;
-        if have < size {
+        // A body cut short is resumed from where it stopped: the node then either goes on or
+        // answers, before any byte, why it cannot (e.g. a stripe beyond repair).
+        while have + fetched < size {
             let resp = self
                 .http
                 .get(self.url(&format!("/v1/checkpoints/{root}/files/{}", url_path(path))))
-                .header("range", format!("bytes={have}-"))
+                .header("range", format!("bytes={}-", have + fetched))
                 .send()
                 .await?;
             let mut stream = check(resp).await?.bytes_stream();
+            let mut this_round = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = match chunk {
                     Ok(c) => c,
@@ -432,11 +435,12 @@ impl Client {
                 };
                 hasher.update(&chunk);
                 file.write_all(&chunk).await.map_err(io_err(part))?;
-                fetched += chunk.len() as u64;
+                this_round += chunk.len() as u64;
                 pb.inc(chunk.len() as u64);
             }
             file.flush().await.map_err(io_err(part))?;
-            if have + fetched != size {
+            fetched += this_round;
+            if this_round == 0 && have + fetched < size {
                 return Err(ClientError::Truncated {
                     path: path.to_owned(),
                     got: have + fetched,

@@ -238,6 +238,7 @@ async fn run(
     let mut lookups: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)> =
         HashMap::new();
     let mut refresh = tokio::time::interval(BOOTSTRAP_EVERY);
+    let mut joined = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -249,7 +250,18 @@ async fn run(
                 let Some(cmd) = cmd else { break };
                 handle_command(&mut swarm, cmd, &mut lookups);
             }
-            event = swarm.select_next_some() => handle_event(&mut swarm, event, &mut lookups),
+            event = swarm.select_next_some() => {
+                let identified = matches!(
+                    event,
+                    SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { .. }))
+                );
+                handle_event(&mut swarm, event, &mut lookups);
+                // Join as soon as the first peer is known: the walk towards our own key makes
+                // the rest of the network learn this node (and its current address).
+                if identified && !joined {
+                    joined = swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+            }
         }
     }
     debug!("swarm task stopped");

@@ -14,6 +14,7 @@ pub struct NodeProc {
     pub url: String,
     pub data_dir: PathBuf,
     config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl NodeProc {
@@ -34,14 +35,56 @@ impl NodeProc {
             ),
         )
         .expect("write config");
-        Self::spawn(config, data_dir)
+        Self::spawn(config, data_dir, Vec::new())
     }
 
-    fn spawn(config: PathBuf, data_dir: PathBuf) -> NodeProc {
+    /// Start a node of a cluster: it joins through `bootstrap` (p2p multiaddrs), with extra
+    /// TOML and environment.
+    pub fn start_member(
+        dir: &Path,
+        bootstrap: &[String],
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> NodeProc {
+        let data_dir = dir.join("node");
+        let config = dir.join("node.toml");
+        std::fs::create_dir_all(dir).expect("node dir");
+        let peers: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n{extra}\n\
+                 [network]\nlisten = \"/ip4/127.0.0.1/udp/0/quic-v1\"\nbootstrap = [{}]\n",
+                data_dir.display().to_string(),
+                peers.join(", ")
+            ),
+        )
+        .expect("write config");
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::spawn(config, data_dir, env)
+    }
+
+    /// This node's p2p address with its peer id (waits until the swarm listens).
+    pub fn p2p_addr(&self) -> String {
+        let s = self.wait_status(30, |s| {
+            s["p2p_listen"].as_array().is_some_and(|a| !a.is_empty())
+        });
+        format!(
+            "{}/p2p/{}",
+            s["p2p_listen"][0].as_str().expect("address"),
+            s["peer_id"].as_str().expect("peer id")
+        )
+    }
+
+    fn spawn(config: PathBuf, data_dir: PathBuf, env: Vec<(String, String)>) -> NodeProc {
         let mut child = Command::new(BIN)
             .args(["node", "run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -61,6 +104,7 @@ impl NodeProc {
             url,
             data_dir,
             config,
+            env,
         }
     }
 
@@ -68,7 +112,8 @@ impl NodeProc {
     pub fn restart(mut self) -> NodeProc {
         self.stop();
         let (config, data_dir) = (self.config.clone(), self.data_dir.clone());
-        Self::spawn(config, data_dir)
+        let env = std::mem::take(&mut self.env);
+        Self::spawn(config, data_dir, env)
     }
 
     /// SIGTERM and wait for exit.

@@ -1,0 +1,334 @@
+//! Cluster tests over the real binary: node processes on loopback joined by Kademlia over
+//! QUIC, shards pushed to and pulled from distinct nodes, nodes killed with SIGKILL.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_erasure::{Layout, Manifest};
+use common::{NodeProc, assert_same_tree, ok};
+
+const K: u8 = 4;
+const M: u8 = 2;
+const STRIPE: u64 = 8 << 20;
+
+fn erasure() -> String {
+    format!("[erasure]\nk = {K}\nm = {M}\nstripe_size = {STRIPE}\n")
+}
+
+/// `n` nodes, each joining through every node started before it; waits until all see all.
+fn cluster(
+    dir: &Path,
+    n: usize,
+    env_of: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+) -> Vec<NodeProc> {
+    let mut nodes: Vec<NodeProc> = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let node =
+            NodeProc::start_member(&dir.join(format!("n{i}")), &addrs, &erasure(), &env_of(i));
+        addrs.push(node.p2p_addr());
+        nodes.push(node);
+    }
+    for node in &nodes {
+        node.wait_status(60, |s| s["peers"].as_u64() == Some(n as u64 - 1));
+    }
+    nodes
+}
+
+fn manifest_of(node: &NodeProc, root: &str) -> Manifest {
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "-H", "accept: application/vnd.ipld.dag-cbor"])
+        .arg(format!("{}/v1/checkpoints/{root}", node.url))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "manifest fetch failed");
+    Manifest::decode(&out.stdout).expect("manifest decodes")
+}
+
+/// For every shard CID of the manifest: the indexes of the nodes holding it intact.
+fn holders(nodes: &[NodeProc], m: &Manifest) -> HashMap<String, Vec<usize>> {
+    let mut out: HashMap<String, Vec<usize>> = HashMap::new();
+    for cid in m.shard_cids() {
+        let cid = cid.to_string();
+        for (i, n) in nodes.iter().enumerate() {
+            if n.json(&format!("/v1/shards/{cid}"))["status"] == "ok" {
+                out.entry(cid.clone()).or_default().push(i);
+            }
+        }
+    }
+    out
+}
+
+/// A folder with 256 MiB of random bytes and a small model (safetensors + JSON).
+fn checkpoint(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("ckpt");
+    cairn_node::sample::write_sample(&src, 24 << 20, 7).expect("sample");
+    let mut state = 0x1234_5678_9abc_def1u64;
+    let mut buf = vec![0u8; 256 << 20];
+    cairn_node::sample::fill_random(&mut state, &mut buf);
+    std::fs::write(src.join("random.bin"), &buf).expect("write");
+    src
+}
+
+fn net_bytes_in(node: &NodeProc) -> u64 {
+    node.json("/v1/status")["net_bytes_in"]
+        .as_u64()
+        .expect("counter")
+}
+
+fn pseudo_random(n: u64) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    u64::from_le_bytes(
+        blake3::hash(&t.to_le_bytes()).as_bytes()[..8]
+            .try_into()
+            .expect("8"),
+    ) % n
+}
+
+/// Acceptance 1, 2 and 5: placement on distinct nodes, byte-identical gets through another
+/// gateway, range reads that move little more than the span, m nodes killed during a get,
+/// then m+1 holders of one stripe killed: a clear error, nothing wrong served.
+#[test]
+fn spread_over_distinct_nodes_and_survives_m_killed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = checkpoint(tmp.path());
+    let mut nodes = cluster(tmp.path(), 8, |_| Vec::new());
+    let root = ok(nodes[0].cli(&["put", src.to_str().expect("utf-8")]));
+
+    // Every stripe's k + m shards sit on k + m distinct nodes, each held exactly once.
+    let m = manifest_of(&nodes[5], &root);
+    let held = holders(&nodes, &m);
+    for f in &m.files {
+        for (s, stripe) in f.stripes.iter().enumerate() {
+            let mut on = BTreeSet::new();
+            for cid in stripe {
+                let h = held
+                    .get(&cid.to_string())
+                    .unwrap_or_else(|| panic!("{cid} is held nowhere"));
+                assert_eq!(h.len(), 1, "{cid} held by {h:?}");
+                on.insert(h[0]);
+            }
+            assert_eq!(
+                on.len(),
+                stripe.len(),
+                "stripe {s} of {} shares nodes: {on:?}",
+                f.path
+            );
+        }
+    }
+
+    // A get through a node that did not take the upload is byte-identical.
+    let gateway = 7;
+    let out = tmp.path().join("out1");
+    ok(nodes[gateway].cli(&["get", &root, "-o", out.to_str().expect("utf-8")]));
+    assert_same_tree(&src, &out);
+
+    // A range read moves the span, plus at most the 16 KiB groups around it and an outboard.
+    let random = std::fs::read(src.join("random.bin")).expect("read");
+    let layout = Layout::new(K, M, STRIPE).expect("layout");
+    for (a, len) in [
+        (3_000_001u64, 1_000_000u64),
+        (70_000_000, 300_000),
+        (100_000_000, 4_000_000),
+    ] {
+        let before = net_bytes_in(&nodes[gateway]);
+        let part = tmp.path().join("range.bin");
+        ok(nodes[gateway].cli(&[
+            "get",
+            &root,
+            "--file",
+            "random.bin",
+            "--range",
+            &format!("{a}-{}", a + len - 1),
+            "-o",
+            part.to_str().expect("utf-8"),
+        ]));
+        assert!(std::fs::read(&part).expect("read") == random[a as usize..(a + len) as usize]);
+        let moved = net_bytes_in(&nodes[gateway]) - before;
+        let touched = layout.pieces(random.len() as u64, a, a + len).len() as u64;
+        let allowed = len + len / 10 + touched * 16 * 1024;
+        assert!(
+            moved <= allowed,
+            "range of {len} bytes over {touched} shards moved {moved} bytes (allowed {allowed})"
+        );
+    }
+
+    // Kill m nodes at random (never the gateway) while a get is running.
+    let out2 = tmp.path().join("out2");
+    let mut get = Command::new(common::BIN)
+        .args(["--node", &nodes[gateway].url, "--quiet", "get", &root, "-o"])
+        .arg(&out2)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start get");
+    let part = out2.join("random.bin.cairn-part");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 32 << 20 {
+        assert!(Instant::now() < deadline, "get made no progress");
+        assert!(
+            matches!(get.try_wait(), Ok(None)),
+            "get ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut dead = BTreeSet::new();
+    while dead.len() < M as usize {
+        let victim = pseudo_random(gateway as u64) as usize;
+        if dead.insert(victim) {
+            eprintln!("killing node {victim}");
+            nodes[victim].kill9();
+        }
+    }
+    let status = get.wait_with_output().expect("get");
+    assert!(
+        status.status.success(),
+        "get failed after killing {dead:?}: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_same_tree(&src, &out2);
+
+    // Kill holders of one stripe until m + 1 of its shards are gone.
+    let f = m.file("random.bin").expect("file");
+    let (s, victims) = f
+        .stripes
+        .iter()
+        .enumerate()
+        .find_map(|(s, stripe)| {
+            let on: Vec<usize> = stripe.iter().map(|c| held[&c.to_string()][0]).collect();
+            let down = on.iter().filter(|i| dead.contains(i)).count();
+            let more: Vec<usize> = on
+                .iter()
+                .copied()
+                .filter(|i| *i != gateway && !dead.contains(i))
+                .collect();
+            (more.len() + down > M as usize).then(|| (s, more[..M as usize + 1 - down].to_vec()))
+        })
+        .expect("a stripe with enough holders to kill");
+    for &v in &victims {
+        eprintln!("killing node {v}, a holder of stripe {s}");
+        nodes[v].kill9();
+    }
+    dead.extend(victims);
+    // Every stripe now beyond repair (killing stripe s's holders may break others too).
+    let broken: Vec<(String, usize)> = m
+        .files
+        .iter()
+        .flat_map(|f| {
+            f.stripes.iter().enumerate().filter_map(|(i, stripe)| {
+                let gone = stripe
+                    .iter()
+                    .filter(|c| dead.contains(&held[&c.to_string()][0]))
+                    .count();
+                (gone > M as usize).then(|| (f.path.clone(), i))
+            })
+        })
+        .collect();
+    assert!(broken.contains(&("random.bin".to_owned(), s)));
+    let out3 = tmp.path().join("out3");
+    let failed = nodes[gateway].cli(&["get", &root, "-o", out3.to_str().expect("utf-8")]);
+    assert!(
+        !failed.status.success(),
+        "get of a stripe beyond repair succeeded"
+    );
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        broken
+            .iter()
+            .any(|(p, i)| err.contains(&format!("stripe {i} of {p:?}"))),
+        "error does not name a broken stripe ({broken:?}): {err}"
+    );
+    // Nothing wrong was served: finished files are intact, unfinished ones are correct
+    // prefixes, and no file with a broken stripe was put in place.
+    for f in &m.files {
+        let source = std::fs::read(src.join(&f.path)).expect("source");
+        let done = out3.join(&f.path);
+        if let Ok(bytes) = std::fs::read(&done) {
+            assert!(
+                bytes == source,
+                "{} was put in place with wrong bytes",
+                f.path
+            );
+            assert!(
+                !broken.iter().any(|(p, _)| *p == f.path),
+                "{} has a broken stripe but was finished",
+                f.path
+            );
+        }
+        let part = std::fs::read(out3.join(format!("{}.cairn-part", f.path))).unwrap_or_default();
+        assert!(
+            part == source[..part.len()],
+            "{}: served bytes differ from the source",
+            f.path
+        );
+    }
+}
+
+/// Acceptance 3 and 4: a restarted node keeps its identity and serves its shards again; a
+/// node that serves corrupted bytes is caught by hash and skipped.
+#[test]
+fn restarted_node_serves_again_and_a_lying_node_is_skipped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("model");
+    cairn_node::sample::write_sample(&src, 96 << 20, 3).expect("sample");
+    let liar = 2;
+    let mut nodes = cluster(tmp.path(), 7, |i| {
+        if i == liar {
+            vec![("CAIRN_FAULT_CORRUPT_SERVED", "1")]
+        } else {
+            Vec::new()
+        }
+    });
+    let root = ok(nodes[0].cli(&["put", src.to_str().expect("utf-8")]));
+    let m = manifest_of(&nodes[0], &root);
+    let held = holders(&nodes, &m);
+    assert!(
+        held.values().any(|h| h.contains(&liar)),
+        "the lying node holds nothing"
+    );
+
+    // The liar's bytes fail verification at the gateway; the get still succeeds.
+    let gateway = 6;
+    let out = tmp.path().join("out1");
+    ok(nodes[gateway].cli(&["get", &root, "-o", out.to_str().expect("utf-8")]));
+    assert_same_tree(&src, &out);
+    let bad = nodes[gateway].json("/v1/status")["bad_peer_answers"]
+        .as_u64()
+        .expect("counter");
+    assert!(bad > 0, "no bad answer was detected");
+
+    // Restart a holder that is neither the liar nor the gateway.
+    let r = (1..gateway)
+        .find(|i| *i != liar && held.values().any(|h| h.contains(i)))
+        .expect("a holder");
+    let id = nodes[r].json("/v1/status")["peer_id"].clone();
+    let node = nodes.remove(r);
+    let node = node.restart();
+    assert_eq!(
+        node.json("/v1/status")["peer_id"],
+        id,
+        "identity changed across restart"
+    );
+    nodes.insert(r, node);
+    for n in &nodes {
+        n.wait_status(60, |s| s["peers"].as_u64() == Some(6));
+    }
+    let sent_before = nodes[r].json("/v1/status")["net_bytes_out"]
+        .as_u64()
+        .expect("counter");
+    let out2 = tmp.path().join("out2");
+    ok(nodes[gateway].cli(&["get", &root, "-o", out2.to_str().expect("utf-8")]));
+    assert_same_tree(&src, &out2);
+    let sent = nodes[r].json("/v1/status")["net_bytes_out"]
+        .as_u64()
+        .expect("counter")
+        - sent_before;
+    assert!(sent > 0, "the restarted node served nothing");
+}
