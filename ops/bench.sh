@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Benchmarks, in one run on this machine: raw coding and hashing against the put and get
-# pipelines (ratios), then the node's peak RSS during a 4 GiB put and get.
+# pipelines (ratios), then the node's peak RSS during a 4 GiB put and get, then the network:
+# raw quinn against libp2p streams and a Cairn get from an 8-node devnet (ratios), and the
+# gateway's peak RSS during a 4 GiB get (CAIRN_BENCH_RSS_MIB, 0 skips).
 # CAIRN_BENCH_GIB sets the RSS run's size (default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/install.sh
 cargo build --release -p cairn-node --bin cairn
 cargo bench -p cairn-node --bench pipeline
+cargo bench -p cairn-node --bench cluster
 
 gib=${CAIRN_BENCH_GIB:-4}
 work=$(mktemp -d)
 trap 'kill $node_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 cairn=./target/release/cairn
-printf '[node]\ndata_dir = "%s/node"\nhttp_listen = "127.0.0.1:0"\n' "$work" > "$work/node.toml"
+printf '[node]\ndata_dir = "%s/node"\nhttp_listen = "127.0.0.1:0"\n[network]\nlisten = "/ip4/127.0.0.1/udp/0/quic-v1"\n' "$work" > "$work/node.toml"
 $cairn node run --config "$work/node.toml" > "$work/node.out" 2> "$work/node.log" &
 node_pid=$!
 until grep -q 'listening on' "$work/node.out"; do sleep 0.1; done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a local default: install what is needed, build, start a node, put a sample
-# model checkpoint, get it back verified, print the root CID and throughput.
+# The main job on a local default: install what is needed, build, start an 8-node devnet, put a
+# sample model checkpoint through one node, get it back verified through another, print the root
+# CID and throughput, stop the devnet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/install.sh
