@@ -491,6 +491,39 @@ mod tests {
             }
         }
 
+        /// Valid frames with random bytes overwritten, length fields included, and cut short:
+        /// decoding answers an error or a request whose declared lengths are within limits.
+        #[test]
+        fn mutated_frames_never_panic_or_exceed_limits(
+            req in request(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut f = req.encode();
+            for (at, v) in edits {
+                let i = at.index(f.len());
+                f[i] = v;
+            }
+            f.truncate(cut.index(f.len() + 1).max(HEADER_LEN.min(f.len())));
+            if f.len() < HEADER_LEN {
+                return Ok(());
+            }
+            let h: [u8; HEADER_LEN] = f[..HEADER_LEN].try_into().expect("header");
+            let Ok((kind, len)) = decode_header(&h) else { return Ok(()) };
+            prop_assert!(len <= MAX_BODY);
+            let body = &f[HEADER_LEN..];
+            if let Ok(r) = Request::decode(kind, body) {
+                match r {
+                    Request::PutShard { len, .. } => prop_assert!(len <= MAX_SHARD_LEN),
+                    Request::Commit { manifest_len, .. } => {
+                        prop_assert!(manifest_len as usize <= MAX_MANIFEST_LEN)
+                    }
+                    Request::GetShard { start, end, .. } => prop_assert!(start <= end),
+                    _ => {}
+                }
+            }
+        }
+
         #[test]
         fn shard_headers_round_trip(len in 0..MAX_SHARD_LEN, ob in prop::collection::vec(any::<u8>(), 0..200),
                                     a in any::<u64>(), b in any::<u64>()) {
