@@ -226,6 +226,8 @@ struct StatusBody {
     net_bytes_out: u64,
     /// Peer answers that failed verification since start.
     bad_peer_answers: u64,
+    /// Shard bytes received from each peer since start (peer id -> bytes).
+    sources: std::collections::BTreeMap<String, u64>,
 }
 
 async fn status<B: Backend>(State(s): State<AppState<B>>) -> Result<Json<StatusBody>, ApiError> {
@@ -248,6 +250,7 @@ async fn status<B: Backend>(State(s): State<AppState<B>>) -> Result<Json<StatusB
         net_bytes_in: 0,
         net_bytes_out: 0,
         bad_peer_answers: 0,
+        sources: std::collections::BTreeMap::new(),
     };
     if let Some(c) = &s.cluster {
         use std::sync::atomic::Ordering::Relaxed;
@@ -265,6 +268,11 @@ async fn status<B: Backend>(State(s): State<AppState<B>>) -> Result<Json<StatusB
         body.net_bytes_in = t.bytes_in.load(Relaxed);
         body.net_bytes_out = t.bytes_out.load(Relaxed);
         body.bad_peer_answers = t.bad_peer_answers.load(Relaxed);
+        body.sources = t
+            .sources()
+            .into_iter()
+            .map(|(p, n)| (p.to_string(), n))
+            .collect();
     }
     Ok(Json(body))
 }

@@ -80,7 +80,7 @@ pub struct PutOptions {
 }
 
 /// What a download did.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct GetSummary {
     pub files: usize,
     /// Bytes transferred now (excludes bytes resumed from an earlier partial download).
@@ -88,6 +88,53 @@ pub struct GetSummary {
     /// Total bytes of the checkpoint.
     pub total: u64,
     pub skipped_files: usize,
+    /// Bytes the node pulled from each storage node during this get (peer id, bytes), from
+    /// the node's counters: other reads running at the same time are included.
+    pub sources: Vec<(String, u64)>,
+}
+
+/// Shard bytes a node has pulled from each peer so far.
+async fn node_sources(c: &Client) -> std::collections::BTreeMap<String, u64> {
+    c.json("/v1/status")
+        .await
+        .ok()
+        .and_then(|v| v["sources"].as_object().cloned())
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// Show on `pb`, once a second, how fast the node pulls from each source.
+fn watch_sources(c: &Client, pb: &ProgressBar) -> tokio::task::JoinHandle<()> {
+    let (c, pb) = (c.clone(), pb.clone());
+    tokio::spawn(async move {
+        let mut last = node_sources(&c).await;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = node_sources(&c).await;
+            let mut rates: Vec<f64> = now
+                .iter()
+                .map(|(k, v)| {
+                    v.saturating_sub(last.get(k).copied().unwrap_or(0)) as f64 / 1048576.0
+                })
+                .filter(|r| *r > 0.0)
+                .collect();
+            last = now;
+            if rates.is_empty() {
+                continue;
+            }
+            rates.sort_by(f64::total_cmp);
+            pb.set_message(format!(
+                "get from {} nodes, {:.0}-{:.0} MiB/s each",
+                rates.len(),
+                rates[0],
+                rates[rates.len() - 1]
+            ));
+        }
+    })
 }
 
 fn bar(total: u64, show: bool, what: &str) -> ProgressBar {
@@ -340,6 +387,8 @@ impl Client {
             files: manifest.files.len(),
             ..GetSummary::default()
         };
+        let before = node_sources(self).await;
+        let watcher = self.progress.then(|| watch_sources(self, &pb));
         for f in &manifest.files {
             let dest = out.join(&f.path);
             if let Some(parent) = dest.parent() {
@@ -374,7 +423,17 @@ impl Client {
                 .await
                 .map_err(io_err(&dest))?;
         }
+        if let Some(w) = watcher {
+            w.abort();
+        }
         pb.finish_and_clear();
+        summary.sources = node_sources(self)
+            .await
+            .into_iter()
+            .map(|(k, v)| (v.saturating_sub(before.get(&k).copied().unwrap_or(0)), k))
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, k)| (k, n))
+            .collect();
         Ok(summary)
     }
 

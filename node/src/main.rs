@@ -120,6 +120,12 @@ async fn main() -> Result<()> {
                         t.elapsed().as_secs_f64(),
                         mib_per_sec(s.transferred, t.elapsed())
                     );
+                    for (peer, bytes) in &s.sources {
+                        eprintln!(
+                            "  from {peer}: {bytes} bytes, {:.0} MiB/s",
+                            mib_per_sec(*bytes, t.elapsed())
+                        );
+                    }
                 }
             }
         }

@@ -83,6 +83,20 @@ pub struct TransferStats {
     pub bytes_out: AtomicU64,
     /// Answers from peers that failed verification.
     pub bad_peer_answers: AtomicU64,
+    /// Shard bytes received from each peer (one entry per peer ever read from).
+    pub per_peer_in: Mutex<HashMap<PeerId, u64>>,
+}
+
+impl TransferStats {
+    /// Bytes received from each peer so far.
+    pub fn sources(&self) -> Vec<(PeerId, u64)> {
+        let mut v: Vec<_> = lock(&self.per_peer_in)
+            .iter()
+            .map(|(p, n)| (*p, *n))
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 /// Client side of the protocol.
@@ -241,6 +255,7 @@ impl Transfers {
             self.stats
                 .bytes_in
                 .fetch_add((n + body.len()) as u64, Ordering::Relaxed);
+            *lock(&self.stats.per_peer_in).entry(peer).or_default() += (n + body.len()) as u64;
             ob.verify_groups(&hash, a, &data)
                 .map_err(|e| bad(e.to_string()))?;
             data.truncate(usize::try_from(end - a).expect("within the buffer"));
