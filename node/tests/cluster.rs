@@ -331,4 +331,51 @@ fn restarted_node_serves_again_and_a_lying_node_is_skipped() {
         .expect("counter")
         - sent_before;
     assert!(sent > 0, "the restarted node served nothing");
+
+    // A placement node that is down is replaced by the next closest live node: a put after
+    // SIGKILL of one node still lands every stripe on k + m distinct live nodes.
+    let dead = (0..nodes.len())
+        .find(|i| *i != gateway && *i != liar && *i != r)
+        .expect("a node to kill");
+    nodes[dead].kill9();
+    let more = tmp.path().join("more.bin");
+    let mut bytes = vec![0u8; 40 << 20];
+    cairn_node::sample::fill_random(&mut 77, &mut bytes);
+    std::fs::write(&more, &bytes).expect("write");
+    let root2 = ok(nodes[gateway].cli(&["put", more.to_str().expect("utf-8")]));
+    let m2 = manifest_of(&nodes[gateway], &root2);
+    let live: Vec<usize> = (0..nodes.len()).filter(|i| *i != dead).collect();
+    for stripe in &m2.files[0].stripes {
+        let mut on = BTreeSet::new();
+        for cid in stripe {
+            let h: Vec<usize> = live
+                .iter()
+                .copied()
+                .filter(|i| nodes[*i].json(&format!("/v1/shards/{cid}"))["status"] == "ok")
+                .collect();
+            assert_eq!(h.len(), 1, "{cid} held by {h:?}");
+            on.insert(h[0]);
+        }
+        assert_eq!(on.len(), stripe.len(), "shards share nodes: {on:?}");
+    }
+}
+
+/// Fewer nodes than a stripe has shards: the put fails with a clear error naming the
+/// minimum, and nothing is kept.
+#[test]
+fn too_few_nodes_is_a_clear_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster(tmp.path(), 3, |_| Vec::new());
+    let f = tmp.path().join("x.bin");
+    std::fs::write(&f, vec![1u8; 100_000]).expect("write");
+    let out = nodes[0].cli(&["put", f.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("too_few_nodes") && err.contains("start at least 6 nodes"),
+        "{err}"
+    );
+    for n in &nodes {
+        assert_eq!(n.json("/v1/status")["shards"], 0);
+    }
 }
