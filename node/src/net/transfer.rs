@@ -502,13 +502,13 @@ impl<B: Backend> ShardServer<B> {
                     start: a,
                     end: a + data.len() as u64,
                 };
-                let mut out = Response::ok(header.encode()).encode();
-                out.extend_from_slice(&data);
-                write_all(s, &out, peer).await.map_err(bad)?;
+                let head = Response::ok(header.encode()).encode();
+                write_all(s, &head, peer).await.map_err(bad)?;
+                write_all(s, &data, peer).await.map_err(bad)?;
                 let _ = s.close().await;
                 self.stats
                     .bytes_out
-                    .fetch_add(out.len() as u64, Ordering::Relaxed);
+                    .fetch_add((head.len() + data.len()) as u64, Ordering::Relaxed);
                 Ok(None)
             }
             Request::Commit {
