@@ -460,6 +460,8 @@ struct ListEntry {
     created: u64,
     files: usize,
     size: u64,
+    /// False on a cluster member that holds only its share of the shards.
+    complete: bool,
 }
 
 async fn list<B: Backend>(State(s): State<AppState<B>>) -> Result<Json<Vec<ListEntry>>, ApiError> {
@@ -473,6 +475,7 @@ async fn list<B: Backend>(State(s): State<AppState<B>>) -> Result<Json<Vec<ListE
                 created: c.created,
                 files: c.files,
                 size: c.size,
+                complete: c.complete,
             })
             .collect(),
     ))
@@ -581,7 +584,38 @@ async fn stat<B: Backend>(
     let root = root_of(&cid)?;
     let store = s.store.clone();
     blocking(move || {
-        let m = store.manifest(&root)?;
+        let (m, complete) = store.manifest_entry(&root)?;
+        if !complete {
+            // A cluster member holds only its share: report that share, not a health that
+            // would count every other node's shards as missing.
+            let mut held = 0u64;
+            let mut corrupt = Vec::new();
+            for cid in m.shard_cids() {
+                let st = if q.verify {
+                    store.check_shard(cid).map_err(|e| ApiError::internal(e.to_string()))?
+                } else if store.shard_present(cid).map_err(|e| ApiError::internal(e.to_string()))? {
+                    ShardStatus::Ok
+                } else {
+                    ShardStatus::Missing
+                };
+                match st {
+                    ShardStatus::Ok => held += 1,
+                    ShardStatus::Corrupt(_) => corrupt.push(cid.to_string()),
+                    ShardStatus::Missing => {}
+                }
+            }
+            return Ok(Json(json!({
+                "root": root.to_string(),
+                "health": if corrupt.is_empty() { "share" } else { "share_damaged" },
+                "complete": false,
+                "verified": q.verify,
+                "files": m.files.len(),
+                "size": m.total_size(),
+                "k": m.k, "m": m.m, "stripe_size": m.stripe_size,
+                "held_shards": held,
+                "corrupt_shards": corrupt,
+            })));
+        }
         let k = usize::from(m.k);
         let (mut ok_total, mut missing_total, mut corrupt_total) = (0u64, 0u64, 0u64);
         let mut worst = "healthy";
@@ -619,6 +653,7 @@ async fn stat<B: Backend>(
         Ok(Json(json!({
             "root": root.to_string(),
             "health": worst,
+            "complete": true,
             "verified": q.verify,
             "files": m.files.len(),
             "size": m.total_size(),
