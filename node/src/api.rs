@@ -576,6 +576,22 @@ struct StatQuery {
     verify: bool,
 }
 
+/// A shard's state here: verified (`verify`) or only checked for presence.
+fn local_shard_state<B: Backend>(
+    store: &Store<B>,
+    cid: &Cid,
+    verify: bool,
+) -> Result<ShardStatus, ApiError> {
+    let internal = |e: cairn_storage::BackendError| ApiError::internal(e.to_string());
+    if verify {
+        store.check_shard(cid).map_err(internal)
+    } else if store.shard_present(cid).map_err(internal)? {
+        Ok(ShardStatus::Ok)
+    } else {
+        Ok(ShardStatus::Missing)
+    }
+}
+
 async fn stat<B: Backend>(
     State(s): State<AppState<B>>,
     Path(cid): Path<String>,
@@ -591,13 +607,7 @@ async fn stat<B: Backend>(
             let mut held = 0u64;
             let mut corrupt = Vec::new();
             for cid in m.shard_cids() {
-                let st = if q.verify {
-                    store.check_shard(cid).map_err(|e| ApiError::internal(e.to_string()))?
-                } else if store.shard_present(cid).map_err(|e| ApiError::internal(e.to_string()))? {
-                    ShardStatus::Ok
-                } else {
-                    ShardStatus::Missing
-                };
+                let st = local_shard_state(&store, cid, q.verify)?;
                 match st {
                     ShardStatus::Ok => held += 1,
                     ShardStatus::Corrupt(_) => corrupt.push(cid.to_string()),
@@ -624,13 +634,7 @@ async fn stat<B: Backend>(
             for (si, shards) in f.stripes.iter().enumerate() {
                 let (mut missing, mut corrupt) = (Vec::new(), Vec::new());
                 for (i, cid) in shards.iter().enumerate() {
-                    let st = if q.verify {
-                        store.check_shard(cid).map_err(|e| ApiError::internal(e.to_string()))?
-                    } else if store.shard_present(cid).map_err(|e| ApiError::internal(e.to_string()))? {
-                        ShardStatus::Ok
-                    } else {
-                        ShardStatus::Missing
-                    };
+                    let st = local_shard_state(&store, cid, q.verify)?;
                     match st {
                         ShardStatus::Ok => ok_total += 1,
                         ShardStatus::Missing => missing.push(i),

@@ -18,9 +18,10 @@ use tracing::{debug, info, warn};
 
 use crate::net::placement::{order, stripe_key};
 use crate::net::swarm::Network;
+use crate::net::transfer::lock;
 use crate::net::transfer::{TransferError, Transfers};
 use crate::net::wire::UploadId;
-use crate::pipeline::{GetError, IngestError, Upload, encode};
+use crate::pipeline::{GetError, IngestError, Upload, encode, now_unix};
 
 /// How long one data piece may take before the gateway rebuilds its stripe from others.
 const PIECE_DEADLINE: Duration = Duration::from_secs(5);
@@ -44,16 +45,6 @@ impl<B: Backend> Clone for Cluster<B> {
             allow_colocation: self.allow_colocation,
         }
     }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Where shard `i` of a stripe goes among `ordered` members.

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::pipeline::now_unix;
 
 use cairn_erasure::{Cid, Manifest, Outboard, manifest_cid, shard_hash};
 use cairn_storage::{Backend, CommitError, PutError, PutSession, ReadError, Store};
@@ -177,6 +179,29 @@ impl Transfers {
             .unwrap_or(Err(TransferError::Timeout { peer }))
     }
 
+    /// Send a request followed by its bulk bytes; returns once the peer answered `Ok`.
+    async fn send_with_bytes(
+        &self,
+        peer: PeerId,
+        req: Request,
+        bytes: &[u8],
+    ) -> Result<(), TransferError> {
+        Self::timed(peer, async {
+            let mut s = self.open(peer).await?;
+            write_all(&mut s, &req.encode(), peer).await?;
+            write_all(&mut s, bytes, peer).await?;
+            s.flush()
+                .await
+                .map_err(|source| TransferError::Io { peer, source })?;
+            self.stats
+                .bytes_out
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            read_response(&mut s, peer).await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Send one shard of an upload; returns once the peer verified and stored it.
     pub async fn push_shard(
         &self,
@@ -185,25 +210,12 @@ impl Transfers {
         cid: &Cid,
         data: &[u8],
     ) -> Result<(), TransferError> {
-        Self::timed(peer, async {
-            let mut s = self.open(peer).await?;
-            let req = Request::PutShard {
-                upload,
-                cid: *cid,
-                len: data.len() as u64,
-            };
-            write_all(&mut s, &req.encode(), peer).await?;
-            write_all(&mut s, data, peer).await?;
-            s.flush()
-                .await
-                .map_err(|source| TransferError::Io { peer, source })?;
-            self.stats
-                .bytes_out
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            read_response(&mut s, peer).await?;
-            Ok(())
-        })
-        .await
+        let req = Request::PutShard {
+            upload,
+            cid: *cid,
+            len: data.len() as u64,
+        };
+        self.send_with_bytes(peer, req, data).await
     }
 
     /// Fetch bytes `[start, end)` of a shard, verified against its CID.
@@ -279,22 +291,12 @@ impl Transfers {
         name: &str,
         manifest: &[u8],
     ) -> Result<(), TransferError> {
-        Self::timed(peer, async {
-            let mut s = self.open(peer).await?;
-            let req = Request::Commit {
-                upload,
-                name: name.to_owned(),
-                manifest_len: u32::try_from(manifest.len()).expect("manifests are <= 64 MiB"),
-            };
-            write_all(&mut s, &req.encode(), peer).await?;
-            write_all(&mut s, manifest, peer).await?;
-            s.flush()
-                .await
-                .map_err(|source| TransferError::Io { peer, source })?;
-            read_response(&mut s, peer).await?;
-            Ok(())
-        })
-        .await
+        let req = Request::Commit {
+            upload,
+            name: name.to_owned(),
+            manifest_len: u32::try_from(manifest.len()).expect("manifests are <= 64 MiB"),
+        };
+        self.send_with_bytes(peer, req, manifest).await
     }
 
     /// Drop an upload's shards on a peer (best effort: they expire anyway).
@@ -351,13 +353,9 @@ pub struct ShardServer<B: Backend> {
     corrupt_served: bool,
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Lock a mutex whose data stays consistent even if a holder panicked (counters, maps of
+/// sessions): a poisoned lock is taken over.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
