@@ -171,6 +171,7 @@ async fn libp2p_stream(bytes: u64) -> f64 {
             listen: listen.clone(),
             bootstrap: Vec::new(),
         },
+        cairn_node::metrics::Metrics::new::<cairn_storage::MemBackend>(None).swarm,
         cancel.clone(),
     )
     .expect("swarm a");
@@ -186,6 +187,7 @@ async fn libp2p_stream(bytes: u64) -> f64 {
             listen,
             bootstrap: vec![a_addr],
         },
+        cairn_node::metrics::Metrics::new::<cairn_storage::MemBackend>(None).swarm,
         cancel.clone(),
     )
     .expect("swarm b");

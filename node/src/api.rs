@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::cluster::Cluster;
+use crate::metrics::{Metrics, RouteLabels, RouteOnly};
 use crate::pipeline::{FileReader, GetError, IngestError, Upload, ingest};
 
 /// Most memory one stripe of an upload may need (data and parity shards); bounds what a client
@@ -45,6 +46,7 @@ pub struct AppState<B: Backend> {
     pub started: Instant,
     /// The node's network; `None` runs the API over the local store alone.
     pub cluster: Option<Cluster<B>>,
+    pub metrics: Metrics,
 }
 
 impl<B: Backend> Clone for AppState<B> {
@@ -56,6 +58,7 @@ impl<B: Backend> Clone for AppState<B> {
             max_puts: self.max_puts,
             started: self.started,
             cluster: self.cluster.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -76,8 +79,53 @@ pub fn router<B: Backend>(state: AppState<B>) -> Router {
             "/v1/manifests",
             post(import_manifest::<B>).layer(DefaultBodyLimit::max(MAX_MANIFEST_LEN)),
         )
+        .route("/metrics", get(metrics::<B>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            track::<B>,
+        ))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Count and time every request by route (the matched pattern, not the raw path).
+async fn track<B: Backend>(
+    State(s): State<AppState<B>>,
+    path: axum::extract::MatchedPath,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = path.as_str().to_owned();
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = &s.metrics.http;
+    m.duration
+        .get_or_create(&RouteOnly {
+            route: route.clone(),
+            method: method.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&RouteLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// Prometheus metrics (OpenMetrics text).
+async fn metrics<B: Backend>(State(s): State<AppState<B>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
 }
 
 /// An error answer.
@@ -253,7 +301,6 @@ async fn status<B: Backend>(State(s): State<AppState<B>>) -> Result<Json<StatusB
         sources: std::collections::BTreeMap::new(),
     };
     if let Some(c) = &s.cluster {
-        use std::sync::atomic::Ordering::Relaxed;
         body.peer_id = Some(c.net.peer_id().to_string());
         body.peers = c.net.peers().await.len();
         body.connected_peers = c.net.connected().await;
@@ -265,9 +312,9 @@ async fn status<B: Backend>(State(s): State<AppState<B>>) -> Result<Json<StatusB
             .map(ToString::to_string)
             .collect();
         let t = c.transfers.stats();
-        body.net_bytes_in = t.bytes_in.load(Relaxed);
-        body.net_bytes_out = t.bytes_out.load(Relaxed);
-        body.bad_peer_answers = t.bad_peer_answers.load(Relaxed);
+        body.net_bytes_in = t.metrics.bytes_total("in");
+        body.net_bytes_out = t.metrics.bytes_total("out");
+        body.bad_peer_answers = t.metrics.bad_peer_answers.get();
         body.sources = t
             .sources()
             .into_iter()
@@ -397,6 +444,7 @@ async fn put_checkpoint<B: Backend>(
     })
     .await?;
     let size = manifest.total_size();
+    s.metrics.http.put_bytes.inc_by(size);
     let stripes: u64 = manifest.files.iter().map(|f| f.stripes.len() as u64).sum();
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(%root, size, stripes, secs, "checkpoint stored");
@@ -775,7 +823,7 @@ async fn get_file<B: Backend>(
             }
         });
         return builder
-            .body(Body::from_stream(stream))
+            .body(Body::from_stream(count_sent(stream, &s.metrics)))
             .map_err(|e| ApiError::internal(e.to_string()));
     }
     // Fail before the first byte when a stripe is known to be beyond repair.
@@ -808,8 +856,21 @@ async fn get_file<B: Backend>(
         rx.recv().await.map(|item| (item, rx))
     });
     builder
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(count_sent(stream, &s.metrics)))
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Count the file bytes a response body sends.
+fn count_sent<S>(stream: S, m: &Metrics) -> impl futures_util::Stream<Item = S::Item> + use<S>
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>>,
+{
+    let sent = m.http.get_bytes.clone();
+    stream.inspect(move |r| {
+        if let Ok(b) = r {
+            sent.inc_by(b.len() as u64);
+        }
+    })
 }
 
 #[cfg(test)]

@@ -86,11 +86,13 @@ impl Node {
                 .map(parse)
                 .collect::<Result<_, _>>()?,
         };
-        let (net, swarm_task) = crate::net::Network::start(key, net_cfg, cancel.clone())?;
+        let metrics = crate::metrics::Metrics::new(Some(store.clone()));
+        let (net, swarm_task) =
+            crate::net::Network::start(key, net_cfg, metrics.swarm.clone(), cancel.clone())?;
         tasks.spawn(async move {
             let _ = swarm_task.await;
         });
-        let stats = Arc::new(crate::net::TransferStats::default());
+        let stats = Arc::new(crate::net::TransferStats::new(metrics.transfers.clone()));
         let server = crate::net::ShardServer::new(store.clone(), net.clone(), Arc::clone(&stats));
         tasks.spawn(server.run(cancel.clone()));
         let cluster = crate::cluster::Cluster {
@@ -113,6 +115,7 @@ impl Node {
             max_puts: config.storage.max_concurrent_puts,
             started: Instant::now(),
             cluster: Some(cluster),
+            metrics,
         };
         let stop = cancel.clone();
         tasks.spawn(async move {

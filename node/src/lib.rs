@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod sample;

@@ -9,12 +9,15 @@ use std::time::Duration;
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
+use libp2p::metrics::Recorder;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::metrics::SwarmMetrics;
 
 /// Kademlia protocol name: a Cairn network is its own DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/kad/1.0.0");
@@ -113,6 +116,7 @@ impl Network {
     pub fn start(
         key: Keypair,
         cfg: NetConfig,
+        metrics: SwarmMetrics,
         cancel: CancellationToken,
     ) -> Result<(Network, tokio::task::JoinHandle<()>), NetError> {
         let peer_id = key.public().to_peer_id();
@@ -168,7 +172,7 @@ impl Network {
         }
         let streams = swarm.behaviour().stream.new_control();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let task = tokio::spawn(run(swarm, rx, cancel));
+        let task = tokio::spawn(run(swarm, rx, metrics, cancel));
         Ok((
             Network {
                 peer_id,
@@ -230,9 +234,19 @@ impl Network {
     }
 }
 
+fn routing_table_len(swarm: &mut Swarm<Behaviour>) -> usize {
+    swarm
+        .behaviour_mut()
+        .kad
+        .kbuckets()
+        .map(|b| b.num_entries())
+        .sum()
+}
+
 async fn run(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
+    metrics: SwarmMetrics,
     cancel: CancellationToken,
 ) {
     let mut lookups: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)> =
@@ -251,6 +265,7 @@ async fn run(
                 handle_command(&mut swarm, cmd, &mut lookups);
             }
             event = swarm.select_next_some() => {
+                record(&metrics, &event);
                 let identified = matches!(
                     event,
                     SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { .. }))
@@ -261,10 +276,21 @@ async fn run(
                 if identified && !joined {
                     joined = swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
+                metrics.connected_peers.set(i64::try_from(swarm.connected_peers().count()).unwrap_or(i64::MAX));
+                metrics.routing_table_peers.set(i64::try_from(routing_table_len(&mut swarm)).unwrap_or(i64::MAX));
             }
         }
     }
     debug!("swarm task stopped");
+}
+
+fn record(metrics: &SwarmMetrics, event: &SwarmEvent<BehaviourEvent>) {
+    match event {
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.libp2p.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.libp2p.record(e),
+        _ => {}
+    }
+    metrics.libp2p.record(event);
 }
 
 fn handle_command(

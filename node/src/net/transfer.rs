@@ -3,7 +3,6 @@
 //! against its CID before it is used or stored; a peer whose bytes do not verify is cut off.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::swarm::{Network, SHARD_PROTOCOL};
 use super::wire::{self, HEADER_LEN, Request, Response, ShardHeader, Status, UploadId, WireError};
+use crate::metrics::TransferMetrics;
 
 /// Longest a single request may take end to end (a 256 MiB shard at ~10 MiB/s fits).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,18 +78,23 @@ impl TransferError {
     }
 }
 
-/// Bytes moved by this node's transfers (both directions), for status and tests.
-#[derive(Debug, Default)]
+/// What this node's transfers moved: the component's Prometheus metrics, and bytes received
+/// per peer (for `cairn get`'s per-source figures).
+#[derive(Debug)]
 pub struct TransferStats {
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    /// Answers from peers that failed verification.
-    pub bad_peer_answers: AtomicU64,
+    pub metrics: TransferMetrics,
     /// Shard bytes received from each peer (one entry per peer ever read from).
     pub per_peer_in: Mutex<HashMap<PeerId, u64>>,
 }
 
 impl TransferStats {
+    pub fn new(metrics: TransferMetrics) -> Self {
+        Self {
+            metrics,
+            per_peer_in: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Bytes received from each peer so far.
     pub fn sources(&self) -> Vec<(PeerId, u64)> {
         let mut v: Vec<_> = lock(&self.per_peer_in)
@@ -193,9 +198,7 @@ impl Transfers {
             s.flush()
                 .await
                 .map_err(|source| TransferError::Io { peer, source })?;
-            self.stats
-                .bytes_out
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.stats.metrics.bytes("out", bytes.len() as u64);
             read_response(&mut s, peer).await?;
             Ok(())
         })
@@ -215,7 +218,12 @@ impl Transfers {
             cid: *cid,
             len: data.len() as u64,
         };
-        self.send_with_bytes(peer, req, data).await
+        let t = Instant::now();
+        let r = self.send_with_bytes(peer, req, data).await;
+        self.stats
+            .metrics
+            .record("push", r.is_ok(), t.elapsed().as_secs_f64());
+        r
     }
 
     /// Fetch bytes `[start, end)` of a shard, verified against its CID.
@@ -226,6 +234,7 @@ impl Transfers {
         start: u64,
         end: u64,
     ) -> Result<Vec<u8>, TransferError> {
+        let started = Instant::now();
         let result = Self::timed(peer, async {
             let mut s = self.open(peer).await?;
             write_all(
@@ -264,9 +273,7 @@ impl Transfers {
             let n = usize::try_from(b - a).expect("shards fit memory");
             let mut data = vec![0u8; n];
             read_exact(&mut s, &mut data, peer).await?;
-            self.stats
-                .bytes_in
-                .fetch_add((n + body.len()) as u64, Ordering::Relaxed);
+            self.stats.metrics.bytes("in", (n + body.len()) as u64);
             *lock(&self.stats.per_peer_in).entry(peer).or_default() += (n + body.len()) as u64;
             ob.verify_groups(&hash, a, &data)
                 .map_err(|e| bad(e.to_string()))?;
@@ -275,8 +282,11 @@ impl Transfers {
             Ok(data)
         })
         .await;
+        self.stats
+            .metrics
+            .record("fetch", result.is_ok(), started.elapsed().as_secs_f64());
         if let Err(TransferError::Verify { .. } | TransferError::Wire { .. }) = &result {
-            self.stats.bad_peer_answers.fetch_add(1, Ordering::Relaxed);
+            self.stats.metrics.bad_peer_answers.inc();
             warn!(%peer, error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "peer sent bad data; disconnecting it");
             self.net.disconnect(peer).await;
         }
@@ -433,13 +443,24 @@ impl<B: Backend> ShardServer<B> {
     }
 
     async fn serve(&self, peer: PeerId, mut stream: Stream) {
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, self.answer(peer, &mut stream)).await;
+        let m = &self.stats.metrics;
+        m.active_streams.inc();
+        let started = Instant::now();
+        let mut op = None;
+        let result =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.answer(peer, &mut stream, &mut op)).await;
+        m.active_streams.dec();
         let response = match result {
-            Ok(Ok(None)) => return,
-            Ok(Ok(Some(r))) => r,
-            Ok(Err(r)) => r,
-            Err(_) => Response::error(Status::Busy, "request timed out"),
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some(r))) => Some(r),
+            Ok(Err(r)) => Some(r),
+            Err(_) => Some(Response::error(Status::Busy, "request timed out")),
         };
+        if let Some(op) = op {
+            let ok = response.as_ref().is_none_or(|r| r.status == Status::Ok);
+            m.record(op, ok, started.elapsed().as_secs_f64());
+        }
+        let Some(response) = response else { return };
         if response.status != Status::Ok {
             debug!(%peer, status = ?response.status, message = %response.message(), "shard request refused");
         }
@@ -448,11 +469,21 @@ impl<B: Backend> ShardServer<B> {
     }
 
     /// Answer one request. `Ok(None)`: the answer was written already.
-    async fn answer(&self, peer: PeerId, s: &mut Stream) -> Result<Option<Response>, Response> {
+    async fn answer(
+        &self,
+        peer: PeerId,
+        s: &mut Stream,
+        op: &mut Option<&'static str>,
+    ) -> Result<Option<Response>, Response> {
         let bad = |e: TransferError| Response::error(Status::BadRequest, &e.to_string());
         let (kind, body) = read_frame(s, peer).await.map_err(bad)?;
         let req = Request::decode(kind, &body)
             .map_err(|e| Response::error(Status::BadRequest, &e.to_string()))?;
+        *op = match req {
+            Request::PutShard { .. } => Some("receive"),
+            Request::GetShard { .. } => Some("serve"),
+            _ => None,
+        };
         match req {
             Request::PutShard { upload, cid, len } => {
                 let mib = u32::try_from(len.div_ceil(1 << 20).max(1)).unwrap_or(u32::MAX);
@@ -463,7 +494,7 @@ impl<B: Backend> ShardServer<B> {
                     .map_err(|_| Response::error(Status::Busy, "shutting down"))?;
                 let mut data = vec![0u8; usize::try_from(len).expect("limited by the decoder")];
                 read_exact(s, &mut data, peer).await.map_err(bad)?;
-                self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
+                self.stats.metrics.bytes("in", len);
                 let put = {
                     let mut sessions = lock(&self.sessions);
                     let entry = sessions.entry(upload).or_insert_with(|| Session {
@@ -505,8 +536,8 @@ impl<B: Backend> ShardServer<B> {
                 write_all(s, &data, peer).await.map_err(bad)?;
                 let _ = s.close().await;
                 self.stats
-                    .bytes_out
-                    .fetch_add((head.len() + data.len()) as u64, Ordering::Relaxed);
+                    .metrics
+                    .bytes("out", (head.len() + data.len()) as u64);
                 Ok(None)
             }
             Request::Commit {
@@ -574,6 +605,14 @@ mod tests {
     use cairn_storage::MemBackend;
     use libp2p::identity::Keypair;
 
+    fn metrics() -> crate::metrics::Metrics {
+        crate::metrics::Metrics::new::<MemBackend>(None)
+    }
+
+    fn stats() -> Arc<TransferStats> {
+        Arc::new(TransferStats::new(metrics().transfers))
+    }
+
     /// Two real swarms on loopback: `a` runs a shard server over an in-memory store.
     async fn pair(cancel: &CancellationToken) -> (Store<MemBackend>, Network, Transfers, PeerId) {
         let listen: libp2p::Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr");
@@ -583,6 +622,7 @@ mod tests {
                 listen: listen.clone(),
                 bootstrap: Vec::new(),
             },
+            metrics().swarm,
             cancel.clone(),
         )
         .expect("a");
@@ -593,7 +633,7 @@ mod tests {
             tokio::task::yield_now().await;
         };
         let store = Store::open(MemBackend::new(), 1 << 30).expect("store");
-        let server = ShardServer::new(store.clone(), a.clone(), Arc::default());
+        let server = ShardServer::new(store.clone(), a.clone(), stats());
         tokio::spawn(server.run(cancel.clone()));
         let (b, _) = Network::start(
             Keypair::generate_ed25519(),
@@ -601,6 +641,7 @@ mod tests {
                 listen,
                 bootstrap: vec![a_addr],
             },
+            metrics().swarm,
             cancel.clone(),
         )
         .expect("b");
@@ -608,7 +649,7 @@ mod tests {
         while b.connected().await == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let t = Transfers::new(b.clone(), Arc::default());
+        let t = Transfers::new(b.clone(), stats());
         (store, b, t, a.peer_id())
     }
 

@@ -1,0 +1,310 @@
+//! Prometheus metrics: one struct per component, all in one registry served at `/metrics`
+//! (OpenMetrics text). Names follow Prometheus conventions: `cairn_` prefix, base units,
+//! `_total` counters. The swarm and Kademlia are measured by `libp2p-metrics` under
+//! `cairn_libp2p_`. Store figures are read at scrape time (the store keeps its own counters).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use cairn_storage::{Backend, Store};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// Buckets for request and transfer durations: 1 ms to about 65 s.
+fn duration_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The matched route, e.g. `/v1/checkpoints/{cid}/files/{*path}`.
+    pub route: String,
+    pub method: String,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnly {
+    pub route: String,
+    pub method: String,
+}
+
+/// The HTTP API.
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    pub requests: Family<RouteLabels, Counter>,
+    pub duration: Family<RouteOnly, Histogram, fn() -> Histogram>,
+    /// File bytes stored by uploads through this node.
+    pub put_bytes: Counter,
+    /// File bytes sent to clients by reads through this node.
+    pub get_bytes: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// `push` (this node sends a shard), `fetch` (it pulls one), `serve` (a peer pulls one
+    /// from it), `receive` (a peer pushes one to it).
+    pub op: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpOnly {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `in` (received from peers) or `out` (sent to peers).
+    pub direction: &'static str,
+}
+
+/// Shard transfers between nodes.
+#[derive(Clone, Debug)]
+pub struct TransferMetrics {
+    pub transfers: Family<OpLabels, Counter>,
+    pub duration: Family<OpOnly, Histogram, fn() -> Histogram>,
+    pub bytes: Family<DirectionLabels, Counter>,
+    /// Peer answers that failed verification (the peer was disconnected).
+    pub bad_peer_answers: Counter,
+    /// Shard streams this node is answering now.
+    pub active_streams: Gauge,
+}
+
+impl TransferMetrics {
+    pub fn record(&self, op: &'static str, ok: bool, secs: f64) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.transfers
+            .get_or_create(&OpLabels { op, outcome })
+            .inc();
+        self.duration.get_or_create(&OpOnly { op }).observe(secs);
+    }
+
+    pub fn bytes(&self, direction: &'static str, n: u64) {
+        self.bytes
+            .get_or_create(&DirectionLabels { direction })
+            .inc_by(n);
+    }
+
+    pub fn bytes_total(&self, direction: &'static str) -> u64 {
+        self.bytes
+            .get_or_create(&DirectionLabels { direction })
+            .get()
+    }
+}
+
+/// The swarm: peers and the routing table (events are recorded by `libp2p-metrics`).
+#[derive(Clone)]
+pub struct SwarmMetrics {
+    pub libp2p: Arc<libp2p::metrics::Metrics>,
+    pub connected_peers: Gauge,
+    pub routing_table_peers: Gauge,
+}
+
+impl std::fmt::Debug for SwarmMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmMetrics").finish_non_exhaustive()
+    }
+}
+
+/// Store figures, read at scrape time.
+struct StoreCollector<B: Backend> {
+    store: Store<B>,
+}
+
+impl<B: Backend> std::fmt::Debug for StoreCollector<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreCollector").finish_non_exhaustive()
+    }
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl<B: Backend> Collector for StoreCollector<B> {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.store.stats();
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(
+            &mut enc,
+            "store_used_bytes",
+            "Bytes of shards and outboards held",
+            clamp(st.used_bytes),
+        )?;
+        gauge(
+            &mut enc,
+            "store_capacity_bytes",
+            "Configured capacity (storage.capacity_bytes)",
+            clamp(st.capacity_bytes),
+        )?;
+        gauge(&mut enc, "store_shards", "Shards held", clamp(st.shards))?;
+        let c = ConstCounter::new(st.corrupt_reads);
+        c.encode(enc.encode_descriptor(
+            "store_corrupt_reads",
+            "Local reads that found shard bytes not matching their CID",
+            None,
+            c.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Every metric of a node.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub http: HttpMetrics,
+    pub transfers: TransferMetrics,
+    pub swarm: SwarmMetrics,
+}
+
+impl Metrics {
+    /// A registry with every component's metrics; the store is read at scrape time.
+    pub fn new<B: Backend>(store: Option<Store<B>>) -> Self {
+        let mut root = Registry::default();
+        let libp2p = Arc::new(libp2p::metrics::Metrics::new(
+            root.sub_registry_with_prefix("cairn"),
+        ));
+        let reg = root.sub_registry_with_prefix("cairn");
+        reg.register(
+            "build",
+            "Version of this node",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let http = HttpMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_buckets as fn() -> Histogram),
+            put_bytes: Counter::default(),
+            get_bytes: Counter::default(),
+        };
+        reg.register(
+            "http_requests",
+            "HTTP API requests answered",
+            http.requests.clone(),
+        );
+        reg.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP API request (until the response starts)",
+            http.duration.clone(),
+        );
+        reg.register(
+            "put_bytes",
+            "File bytes stored by uploads through this node",
+            http.put_bytes.clone(),
+        );
+        reg.register(
+            "get_bytes",
+            "File bytes sent to clients",
+            http.get_bytes.clone(),
+        );
+        let transfers = TransferMetrics {
+            transfers: Family::default(),
+            duration: Family::new_with_constructor(duration_buckets as fn() -> Histogram),
+            bytes: Family::default(),
+            bad_peer_answers: Counter::default(),
+            active_streams: Gauge::default(),
+        };
+        reg.register(
+            "shard_transfers",
+            "Shard transfers with peers, by operation and outcome",
+            transfers.transfers.clone(),
+        );
+        reg.register(
+            "shard_transfer_duration_seconds",
+            "Duration of shard transfers with peers",
+            transfers.duration.clone(),
+        );
+        reg.register(
+            "shard_transfer_bytes",
+            "Shard bytes moved to and from peers",
+            transfers.bytes.clone(),
+        );
+        reg.register(
+            "bad_peer_answers",
+            "Peer answers that failed verification (the peer was disconnected)",
+            transfers.bad_peer_answers.clone(),
+        );
+        reg.register(
+            "shard_streams_active",
+            "Shard streams this node is answering",
+            transfers.active_streams.clone(),
+        );
+        let swarm = SwarmMetrics {
+            libp2p,
+            connected_peers: Gauge::default(),
+            routing_table_peers: Gauge::default(),
+        };
+        reg.register(
+            "p2p_connected_peers",
+            "Peers with an open QUIC connection",
+            swarm.connected_peers.clone(),
+        );
+        reg.register(
+            "kad_routing_table_peers",
+            "Peers in the Kademlia routing table",
+            swarm.routing_table_peers.clone(),
+        );
+        if let Some(store) = store {
+            reg.register_collector(Box::new(StoreCollector { store }));
+        }
+        Self {
+            registry: Arc::new(root),
+            http,
+            transfers,
+            swarm,
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            let _ = writeln!(out, "# encoding failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_storage::MemBackend;
+
+    #[test]
+    fn names_follow_conventions_and_values_show() {
+        let store = Store::open(MemBackend::new(), 1 << 20).expect("store");
+        let m = Metrics::new(Some(store));
+        m.http.put_bytes.inc_by(42);
+        m.transfers.record("fetch", true, 0.01);
+        m.transfers.bytes("in", 7);
+        let text = m.encode();
+        for name in [
+            "cairn_build_info{version=",
+            "cairn_put_bytes_total 42",
+            "cairn_shard_transfers_total{op=\"fetch\",outcome=\"ok\"} 1",
+            "cairn_shard_transfer_bytes_total{direction=\"in\"} 7",
+            "cairn_shard_transfer_duration_seconds_bucket{",
+            "cairn_store_capacity_bytes 1048576",
+            "cairn_store_corrupt_reads_total 0",
+            "cairn_p2p_connected_peers 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            assert!(line.starts_with("cairn_"), "unprefixed metric: {line}");
+        }
+    }
+}
