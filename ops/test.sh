@@ -5,5 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/install.sh
 cargo fmt --all -- --check
+# Prometheus config and alert rules: syntax, and unit tests of every alert firing and not.
+prom=$(mktemp -d)
+trap 'rm -rf "$prom"' EXIT
+cp ops/prometheus/prometheus.yml ops/prometheus/alerts.yml "$prom"/
+echo '[]' > "$prom/targets.json"
+promtool check config "$prom/prometheus.yml"
+promtool check rules ops/prometheus/alerts.yml
+(cd ops/prometheus && promtool test rules alerts.test.yml)
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace

@@ -115,6 +115,10 @@ pub enum DevnetCommand {
         /// Stripe size in bytes.
         #[arg(long, default_value_t = 16 << 20)]
         stripe_size: u64,
+        /// Also start Prometheus (Debian package) on this port, scraping every node with the
+        /// devnet's alert rules (`ops/prometheus/`).
+        #[arg(long)]
+        prometheus: Option<u16>,
     },
     /// Stop every node of the devnet.
     Down {

@@ -17,7 +17,7 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
     };
     const NODES: usize = 8;
     let net_dir = work.join("devnet");
-    let net = crate::devnet::up(&net_dir, NODES, 4, 2, 16 << 20).await?;
+    let net = crate::devnet::up(&net_dir, NODES, 4, 2, 16 << 20, None).await?;
     // Stop the devnet however this ends.
     struct Down(PathBuf);
     impl Drop for Down {

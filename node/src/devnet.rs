@@ -23,6 +23,67 @@ pub struct DevnetNode {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Devnet {
     pub nodes: Vec<DevnetNode>,
+    /// A Prometheus scraping every node, when started with the devnet.
+    #[serde(default)]
+    pub prometheus: Option<DevnetProcess>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevnetProcess {
+    pub pid: u32,
+    pub url: String,
+}
+
+/// The devnet's Prometheus config and alert rules (copied into the devnet directory; the
+/// nodes are listed in `targets.json` next to them).
+const PROMETHEUS_YML: &str = include_str!("../../ops/prometheus/prometheus.yml");
+const ALERTS_YML: &str = include_str!("../../ops/prometheus/alerts.yml");
+
+/// Write Prometheus' file-based service discovery for the devnet's nodes.
+fn write_targets(dir: &Path, nodes: &[DevnetNode]) -> Result<()> {
+    let targets: Vec<serde_json::Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            serde_json::json!({
+                "targets": [n.http.trim_start_matches("http://")],
+                "labels": {"node": format!("node-{i}")},
+            })
+        })
+        .collect();
+    std::fs::write(
+        dir.join("targets.json"),
+        serde_json::to_vec_pretty(&targets)?,
+    )?;
+    std::fs::write(dir.join("prometheus.yml"), PROMETHEUS_YML)?;
+    std::fs::write(dir.join("alerts.yml"), ALERTS_YML)?;
+    Ok(())
+}
+
+/// Start Prometheus (the Debian package's binary) on `port`, scraping the devnet.
+fn start_prometheus(dir: &Path, port: u16) -> Result<DevnetProcess> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(dir.join("prometheus.log"))?;
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("prometheus-data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting prometheus (install it with ./ops/install.sh)")?;
+    Ok(DevnetProcess {
+        pid: child.id(),
+        url: format!("http://127.0.0.1:{port}"),
+    })
 }
 
 fn state_file(dir: &Path) -> PathBuf {
@@ -66,7 +127,14 @@ async fn status(url: &str) -> Result<serde_json::Value> {
 
 /// Start `n` nodes under `dir` with the given coding defaults; each node dials every node
 /// started before it, so the network is fully joined when this returns.
-pub async fn up(dir: &Path, n: usize, k: u8, m: u8, stripe_size: u64) -> Result<Devnet> {
+pub async fn up(
+    dir: &Path,
+    n: usize,
+    k: u8,
+    m: u8,
+    stripe_size: u64,
+    prometheus_port: Option<u16>,
+) -> Result<Devnet> {
     if state_file(dir).exists() {
         bail!(
             "a devnet already runs in {} (run `cairn devnet down --dir {}` first)",
@@ -128,7 +196,11 @@ pub async fn up(dir: &Path, n: usize, k: u8, m: u8, stripe_size: u64) -> Result<
             dir: node_dir,
         });
     }
-    let net = Devnet { nodes };
+    write_targets(dir, &nodes)?;
+    let prometheus = prometheus_port
+        .map(|port| start_prometheus(dir, port))
+        .transpose()?;
+    let net = Devnet { nodes, prometheus };
     std::fs::write(state_file(dir), serde_json::to_string_pretty(&net)?)?;
     // Every node knows every other one.
     let deadline = Instant::now() + START_TIMEOUT;
@@ -200,6 +272,9 @@ pub async fn print_status(dir: &Path) -> Result<()> {
             ),
             Err(e) => println!("node-{i}  {}  pid {}  DOWN ({e})", n.http, n.pid),
         }
+    }
+    if let Some(p) = &net.prometheus {
+        println!("prometheus  {}  pid {}", p.url, p.pid);
     }
     Ok(())
 }

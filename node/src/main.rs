@@ -165,6 +165,7 @@ async fn main() -> Result<()> {
                 k,
                 m,
                 stripe_size,
+                prometheus,
             } => {
                 if nodes < usize::from(k) + usize::from(m) {
                     bail!(
@@ -172,9 +173,12 @@ async fn main() -> Result<()> {
                         u16::from(k) + u16::from(m)
                     );
                 }
-                let net = devnet::up(&dir, nodes, k, m, stripe_size).await?;
+                let net = devnet::up(&dir, nodes, k, m, stripe_size, prometheus).await?;
                 for (i, n) in net.nodes.iter().enumerate() {
                     println!("node-{i} {} {}", n.http, n.p2p);
+                }
+                if let Some(p) = &net.prometheus {
+                    println!("prometheus {}", p.url);
                 }
                 eprintln!(
                     "devnet of {nodes} nodes up in {} (k={k}, m={m}); use --node {} or `cairn devnet down --dir {}`",

@@ -239,6 +239,18 @@ impl Metrics {
             "Shard streams this node is answering",
             transfers.active_streams.clone(),
         );
+        // Every series exists from the start (at zero), so rates and alerts see the first event.
+        for op in ["push", "fetch", "serve", "receive"] {
+            for outcome in ["ok", "error"] {
+                let _ = transfers.transfers.get_or_create(&OpLabels { op, outcome });
+            }
+            let _ = transfers.duration.get_or_create(&OpOnly { op });
+        }
+        for direction in ["in", "out"] {
+            let _ = transfers
+                .bytes
+                .get_or_create(&DirectionLabels { direction });
+        }
         let swarm = SwarmMetrics {
             libp2p,
             connected_peers: Gauge::default(),

@@ -19,24 +19,12 @@ fn erasure() -> String {
     format!("[erasure]\nk = {K}\nm = {M}\nstripe_size = {STRIPE}\n")
 }
 
-/// `n` nodes, each joining through every node started before it; waits until all see all.
 fn cluster(
     dir: &Path,
     n: usize,
     env_of: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
 ) -> Vec<NodeProc> {
-    let mut nodes: Vec<NodeProc> = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 0..n {
-        let node =
-            NodeProc::start_member(&dir.join(format!("n{i}")), &addrs, &erasure(), &env_of(i));
-        addrs.push(node.p2p_addr());
-        nodes.push(node);
-    }
-    for node in &nodes {
-        node.wait_status(60, |s| s["peers"].as_u64() == Some(n as u64 - 1));
-    }
-    nodes
+    common::cluster(dir, n, &erasure(), env_of)
 }
 
 fn manifest_of(node: &NodeProc, root: &str) -> Manifest {

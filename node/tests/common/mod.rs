@@ -212,3 +212,24 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         assert!(x == y, "{rel} differs");
     }
 }
+
+/// `n` member nodes, each joining through every node started before it, with extra TOML and
+/// per-node environment; waits until every node sees every other.
+pub fn cluster(
+    dir: &Path,
+    n: usize,
+    extra: &str,
+    env_of: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+) -> Vec<NodeProc> {
+    let mut nodes: Vec<NodeProc> = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let node = NodeProc::start_member(&dir.join(format!("n{i}")), &addrs, extra, &env_of(i));
+        addrs.push(node.p2p_addr());
+        nodes.push(node);
+    }
+    for node in &nodes {
+        node.wait_status(60, |s| s["peers"].as_u64() == Some(n as u64 - 1));
+    }
+    nodes
+}
