@@ -313,6 +313,103 @@ fn sendme(file: &Path, work: &Path) -> Option<f64> {
     ok.then_some(secs)
 }
 
+/// A Prometheus scraping the devnet's nodes (its `targets.json`) every second; paused and
+/// resumed with SIGSTOP/SIGCONT so that it scrapes only during the runs that measure it.
+struct Prom {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Prom {
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+    fn pause(&self) {
+        self.signal("-STOP");
+    }
+    fn resume(&self) {
+        self.signal("-CONT");
+    }
+    fn scrapes(&self) -> String {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--data-urlencode",
+                "query=sum(count_over_time(up[1h]))",
+            ])
+            .arg(format!("{}/api/v1/query", self.url))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned()
+    }
+}
+
+impl Drop for Prom {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(devnet: &Path) -> Option<Prom> {
+    let config = devnet.join("prometheus-1s.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cairn\n    file_sd_configs:\n      - files: [{:?}]\n        refresh_interval: 1s\n",
+            devnet.join("targets.json").display().to_string()
+        ),
+    )
+    .ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            devnet.join("bench-tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let prom = Prom {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    // Wait until every node has been scraped once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "--data-urlencode", "query=count(up == 1)"])
+            .arg(format!("{}/api/v1/query", prom.url))
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["data"]["result"][0]["value"][1] == "8" {
+            break;
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    prom.pause();
+    Some(prom)
+}
+
 fn main() {
     let mib = env_u64("CAIRN_BENCH_MIB", 1024);
     let rss_mib = env_u64("CAIRN_BENCH_RSS_MIB", 4096);
@@ -367,6 +464,26 @@ fn main() {
         cairn / quinn,
         cairn / aes
     );
+    // Metrics cost: the same get, alternating without and with a real Prometheus scraping
+    // every node's /metrics each second; best of three each.
+    match start_prometheus(&dir) {
+        Some(prom) => {
+            let mut plain = secs;
+            let mut scraped = f64::MAX;
+            for _ in 0..3 {
+                prom.resume();
+                scraped = scraped.min(curl_get(&url));
+                prom.pause();
+                plain = plain.min(curl_get(&url));
+            }
+            println!(
+                "cairn get while Prometheus scrapes every node each second: {:.3} of the throughput without (best of 3 each; {} scrapes)",
+                plain / scraped,
+                prom.scrapes()
+            );
+        }
+        None => println!("prometheus: not on PATH (./ops/install.sh), metrics cost skipped"),
+    }
     let out = work.path().join("got");
     let t = Instant::now();
     cli(&[
