@@ -476,6 +476,7 @@ fn main() {
                 prom.pause();
                 plain = plain.min(curl_get(&url));
             }
+            prom.resume();
             println!(
                 "cairn get while Prometheus scrapes every node each second: {:.3} of the throughput without (best of 3 each; {} scrapes)",
                 plain / scraped,
