@@ -224,23 +224,30 @@ pub async fn up(
     Ok(net)
 }
 
-/// Stop every node (SIGTERM, then SIGKILL after 10 s) and forget the devnet.
+/// Stop every node and the devnet's Prometheus (SIGTERM, then SIGKILL after 10 s) and forget
+/// the devnet.
 pub fn down(dir: &Path) -> Result<usize> {
     let net = load(dir)?;
     let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
-    for n in &net.nodes {
-        if alive(n.pid) {
+    let pids: Vec<u32> = net
+        .nodes
+        .iter()
+        .map(|n| n.pid)
+        .chain(net.prometheus.as_ref().map(|p| p.pid))
+        .collect();
+    for &pid in &pids {
+        if alive(pid) {
             let _ = Command::new("kill")
-                .args(["-TERM", &n.pid.to_string()])
+                .args(["-TERM", &pid.to_string()])
                 .status();
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    for n in &net.nodes {
-        while alive(n.pid) && !is_zombie(n.pid) {
+    for &pid in &pids {
+        while alive(pid) && !is_zombie(pid) {
             if Instant::now() > deadline {
                 let _ = Command::new("kill")
-                    .args(["-KILL", &n.pid.to_string()])
+                    .args(["-KILL", &pid.to_string()])
                     .status();
                 break;
             }

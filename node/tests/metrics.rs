@@ -273,3 +273,68 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     };
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `cairn devnet up --prometheus` starts a real Prometheus that scrapes every node with the
+/// repository's alert rules loaded; `down` stops it with the nodes.
+#[test]
+fn devnet_starts_prometheus_scraping_every_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("devnet");
+    let d = dir.to_str().expect("utf-8");
+    let port = free_port().to_string();
+    let up = Command::new(common::BIN)
+        .args([
+            "devnet", "up", "--dir", d, "--nodes", "3", "--k", "2", "--m", "1",
+        ])
+        .args(["--prometheus", &port])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("devnet up");
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("devnet.json")).expect("state"))
+            .expect("json");
+    let prom_pid = state["prometheus"]["pid"].as_u64().expect("prometheus pid");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let v = curl_json(
+            &format!("{url}/api/v1/query"),
+            &["--data-urlencode", "query=count(up{job=\"cairn\"} == 1)"],
+        );
+        if v["data"]["result"][0]["value"][1] == "3" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never scraped the 3 nodes: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let rules = curl_json(&format!("{url}/api/v1/rules"), &[]);
+    let names: Vec<&str> = rules["data"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"CairnNodeDown"),
+        "alert rules not loaded: {names:?}"
+    );
+    let down = Command::new(common::BIN)
+        .args(["devnet", "down", "--dir", d])
+        .output()
+        .expect("devnet down");
+    assert!(down.status.success());
+    let stat = std::fs::read_to_string(format!("/proc/{prom_pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+    assert!(
+        stat.is_empty() || state.starts_with('Z'),
+        "prometheus still runs after devnet down"
+    );
+}
