@@ -441,6 +441,19 @@ fn main() {
     let dir = work.path().join("devnet");
     let d = dir.to_str().expect("utf-8");
     cli(&["devnet", "up", "--dir", d, "--nodes", "8"]);
+    // The nodes do not outlive the benchmark, even when it fails.
+    struct Down(std::path::PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            if self.0.join("devnet.json").exists() {
+                let _ = Command::new(BIN)
+                    .args(["devnet", "down", "--dir"])
+                    .arg(&self.0)
+                    .output();
+            }
+        }
+    }
+    let _down = Down(dir.clone());
     let file = work.path().join("checkpoint.bin");
     let mut data = vec![0u8; usize::try_from(bytes).expect("fits")];
     cairn_node::sample::fill_random(&mut 99, &mut data);

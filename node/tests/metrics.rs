@@ -282,6 +282,19 @@ fn devnet_starts_prometheus_scraping_every_node() {
     let dir = tmp.path().join("devnet");
     let d = dir.to_str().expect("utf-8");
     let port = free_port().to_string();
+    // Whatever happens below, the devnet's processes do not outlive the test.
+    struct Down(PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            if self.0.join("devnet.json").exists() {
+                let _ = Command::new(common::BIN)
+                    .args(["devnet", "down", "--dir"])
+                    .arg(&self.0)
+                    .output();
+            }
+        }
+    }
+    let _down = Down(dir.clone());
     let up = Command::new(common::BIN)
         .args([
             "devnet", "up", "--dir", d, "--nodes", "3", "--k", "2", "--m", "1",
