@@ -536,12 +536,10 @@ async fn manifest<B: Backend>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let root = root_of(&cid)?;
-    let store = s.store.clone();
     let wants_cbor = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("dag-cbor"));
-    let _ = store;
     let (m, _) = find_manifest(&s, root).await?;
     if wants_cbor {
         let bytes = m.encode().map_err(|e| ApiError::internal(e.to_string()))?;

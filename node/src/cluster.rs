@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use crate::net::placement::{order, stripe_key};
 use crate::net::swarm::Network;
-use crate::net::transfer::lock;
 use crate::net::transfer::{TransferError, Transfers};
+use crate::net::transfer::{announcements, lock};
 use crate::net::wire::UploadId;
 use crate::pipeline::{GetError, IngestError, Upload, encode, now_unix};
 
@@ -151,14 +151,13 @@ impl<B: Backend> Cluster<B> {
             )));
         }
         let root = session.commit_partial(&manifest, name, now_unix())?;
-        let held: Vec<Cid> = manifest
-            .shard_cids()
-            .filter(|c| self.store.has_shard(c).unwrap_or(false))
-            .copied()
-            .collect();
+        // The checkpoint is pinned: a failure to list what to announce only costs lookups.
+        let keys = announcements(&self.store, &manifest, root).unwrap_or_else(|e| {
+            warn!(%root, error = %e, "cannot list held shards; announcing the root only");
+            vec![root]
+        });
         rt.block_on(async {
-            self.net.provide(&root.to_bytes()).await;
-            for c in held {
+            for c in keys {
                 self.net.provide(&c.to_bytes()).await;
             }
         });

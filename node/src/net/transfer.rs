@@ -349,6 +349,31 @@ struct Session<B: Backend> {
     last: Instant,
 }
 
+/// Drop upload sessions off the async threads: dropping one garbage-collects the shards only
+/// it stored (store I/O).
+fn drop_sessions<B: Backend>(sessions: Vec<Session<B>>) {
+    if !sessions.is_empty() {
+        tokio::task::spawn_blocking(move || drop(sessions));
+    }
+}
+
+/// What a node announces after pinning its share of `root`: the root and every shard of the
+/// manifest it holds, each once.
+pub(crate) fn announcements<B: Backend>(
+    store: &Store<B>,
+    manifest: &Manifest,
+    root: Cid,
+) -> Result<Vec<Cid>, cairn_storage::BackendError> {
+    let mut keys = vec![root];
+    let distinct: std::collections::BTreeSet<&Cid> = manifest.shard_cids().collect();
+    for cid in distinct {
+        if store.has_shard(cid)? {
+            keys.push(*cid);
+        }
+    }
+    Ok(keys)
+}
+
 /// Test-only fault switch (environment): serve shard bytes with one byte flipped, after
 /// they were verified locally — a lying peer.
 pub const FAULT_CORRUPT_SERVED_ENV: &str = "CAIRN_FAULT_CORRUPT_SERVED";
@@ -431,14 +456,21 @@ impl<B: Backend> ShardServer<B> {
     }
 
     fn expire(&self) {
-        let mut s = lock(&self.sessions);
-        let before = s.len();
-        s.retain(|_, v| v.last.elapsed() < UPLOAD_IDLE);
-        if s.len() < before {
+        let expired: Vec<Session<B>> = {
+            let mut s = lock(&self.sessions);
+            let idle: Vec<UploadId> = s
+                .iter()
+                .filter(|(_, v)| v.last.elapsed() >= UPLOAD_IDLE)
+                .map(|(k, _)| *k)
+                .collect();
+            idle.iter().filter_map(|k| s.remove(k)).collect()
+        };
+        if !expired.is_empty() {
             warn!(
-                expired = before - s.len(),
-                "dropped idle uploads and their shards"
+                expired = expired.len(),
+                "dropping idle uploads and their shards"
             );
+            drop_sessions(expired);
         }
     }
 
@@ -549,24 +581,19 @@ impl<B: Backend> ShardServer<B> {
                 read_exact(s, &mut bytes, peer).await.map_err(bad)?;
                 let manifest = Manifest::decode(&bytes)
                     .map_err(|e| Response::error(Status::BadRequest, &e.to_string()))?;
-                let session = lock(&self.sessions).remove(&upload);
+                let put = match lock(&self.sessions).remove(&upload) {
+                    // A shard of this upload is still being stored: the gateway commits only
+                    // after every push was acknowledged, so this is a confused or hostile peer.
+                    Some(s) => Arc::into_inner(s.put)
+                        .ok_or_else(|| Response::error(Status::Busy, "upload still writing"))?
+                        .into_inner()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                    None => self.store.begin_put(),
+                };
                 let store = self.store.clone();
                 let held = tokio::task::spawn_blocking(move || {
-                    let put = match session {
-                        Some(s) => Arc::into_inner(s.put)
-                            .ok_or(CommitError::Manifest("upload still writing".into()))?
-                            .into_inner()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner),
-                        None => store.begin_put(),
-                    };
                     let root = put.commit_partial(&manifest, &name, now_unix())?;
-                    let mut held = vec![root];
-                    for cid in manifest.shard_cids() {
-                        if store.has_shard(cid)? {
-                            held.push(*cid);
-                        }
-                    }
-                    Ok::<_, CommitError>(held)
+                    announcements(&store, &manifest, root).map_err(CommitError::from)
                 })
                 .await
                 .map_err(|e| Response::error(Status::Internal, &e.to_string()))?
@@ -578,7 +605,7 @@ impl<B: Backend> ShardServer<B> {
             }
             Request::Abort { upload } => {
                 let session = lock(&self.sessions).remove(&upload);
-                drop(session);
+                drop_sessions(session.into_iter().collect());
                 Ok(Some(Response::ok(Vec::new())))
             }
             Request::GetManifest { root } => {
