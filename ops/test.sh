@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/install.sh
 cargo fmt --all -- --check
+# The committed contract artifacts are what the pinned compiler makes of the source.
+node proofs/contracts/compile.js --check
 # Prometheus config and alert rules: syntax, and unit tests of every alert firing and not.
 prom=$(mktemp -d)
 trap 'rm -rf "$prom"' EXIT

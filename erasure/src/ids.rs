@@ -43,6 +43,11 @@ pub fn manifest_cid(encoded: &[u8]) -> Cid {
     wrap(DAG_CBOR, &blake3::hash(encoded))
 }
 
+/// The root CID of a manifest whose BLAKE3 digest is `digest` (how the chain records roots).
+pub fn manifest_cid_from_digest(digest: [u8; 32]) -> Cid {
+    wrap(DAG_CBOR, &blake3::Hash::from_bytes(digest))
+}
+
 fn blake3_of(cid: &Cid) -> Option<blake3::Hash> {
     if cid.version() != cid::Version::V1 || cid.hash().code() != BLAKE3 {
         return None;

@@ -168,6 +168,7 @@ async fn libp2p_stream(bytes: u64) -> f64 {
     let (a, _ta) = Network::start(
         Keypair::generate_ed25519(),
         NetConfig {
+            account: None,
             listen: listen.clone(),
             bootstrap: Vec::new(),
         },
@@ -186,6 +187,7 @@ async fn libp2p_stream(bytes: u64) -> f64 {
         NetConfig {
             listen,
             bootstrap: vec![a_addr],
+            account: None,
         },
         cairn_node::metrics::Metrics::new::<cairn_storage::MemBackend>(None).swarm,
         cancel.clone(),

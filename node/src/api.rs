@@ -46,6 +46,8 @@ pub struct AppState<B: Backend> {
     pub started: Instant,
     /// The node's network; `None` runs the API over the local store alone.
     pub cluster: Option<Cluster<B>>,
+    /// Provenance and deals for puts through this node; `None` without a chain.
+    pub publisher: Option<crate::chain::publish::Publisher>,
     pub metrics: Metrics,
 }
 
@@ -58,6 +60,7 @@ impl<B: Backend> Clone for AppState<B> {
             max_puts: self.max_puts,
             started: self.started,
             cluster: self.cluster.clone(),
+            publisher: self.publisher.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -73,6 +76,7 @@ pub fn router<B: Backend>(state: AppState<B>) -> Router {
             get(manifest::<B>).delete(unpin::<B>),
         )
         .route("/v1/checkpoints/{cid}/stat", get(stat::<B>))
+        .route("/v1/checkpoints/{cid}/lineage", get(lineage::<B>))
         .route("/v1/shards/{cid}", get(shard_status::<B>))
         .route("/v1/checkpoints/{cid}/files/{*path}", get(get_file::<B>))
         .route(
@@ -239,6 +243,54 @@ async fn find_manifest<B: Backend>(
     }
 }
 
+/// One provenance record, as the lineage route answers it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LineageEntry {
+    pub root: String,
+    pub publisher: String,
+    pub parent: Option<String>,
+    pub meta_hash: String,
+    pub block: u64,
+}
+
+/// The checkpoint's provenance from chain: itself, its parent, ... back to its base.
+async fn lineage<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(cid): Path<String>,
+) -> Result<Json<Vec<LineageEntry>>, ApiError> {
+    let root = root_of(&cid)?;
+    let Some(p) = &s.publisher else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_chain",
+            "this node is not connected to a chain (chain.rpc_url is empty)",
+        ));
+    };
+    let records = p
+        .lineage(&root)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string()))?;
+    if records.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{root} has no provenance record on chain"),
+        ));
+    }
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| LineageEntry {
+                root: crate::chain::word_root(&r.root).to_string(),
+                publisher: r.publisher.to_string(),
+                parent: r.parent.map(|p| crate::chain::word_root(&p).to_string()),
+                meta_hash: r.meta_hash.to_string(),
+                block: r.block,
+            })
+            .collect(),
+    ))
+}
+
 fn root_of(text: &str) -> Result<Cid, ApiError> {
     parse_cid(text)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_cid", e.to_string()))
@@ -334,6 +386,8 @@ pub struct PutQuery {
     k: Option<u8>,
     m: Option<u8>,
     stripe_size: Option<u64>,
+    /// Root CID of the checkpoint this one derives from (recorded on chain).
+    parent: Option<String>,
 }
 
 /// Answer to a successful upload.
@@ -344,6 +398,9 @@ pub struct PutAnswer {
     pub size: u64,
     pub stripes: u64,
     pub shards: u64,
+    /// Provenance record and deals, when the node is on a chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<crate::chain::publish::ChainReport>,
 }
 
 async fn put_checkpoint<B: Backend>(
@@ -373,6 +430,10 @@ async fn put_checkpoint<B: Backend>(
             ),
         ));
     }
+    let parent = match &q.parent {
+        Some(p) => Some(root_of(p)?),
+        None => None,
+    };
     let is_tar = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -420,7 +481,8 @@ async fn put_checkpoint<B: Backend>(
         _ => None,
     };
     let rt = tokio::runtime::Handle::current();
-    let (root, manifest) = blocking(move || {
+    let plan = s.publisher.is_some();
+    let (root, manifest, commitments) = blocking(move || {
         let _permit = permit;
         let upload = match path {
             Some(path) => Upload::File { path, reader },
@@ -437,12 +499,51 @@ async fn put_checkpoint<B: Backend>(
                 *p.1 += 1 << 30;
             }
         };
+        let mut planner = crate::chain::deals::DealPlanner::default();
         Ok(match cluster {
-            Some(c) => c.put(&rt, layout, upload, &name, &report)?,
-            None => ingest(&store, layout, upload, &name, &report)?,
+            Some(c) => c.put(
+                &rt,
+                layout,
+                upload,
+                &name,
+                &report,
+                plan.then_some(&mut planner),
+            )?,
+            None => {
+                let (root, manifest) = ingest(&store, layout, upload, &name, &report)?;
+                (root, manifest, Default::default())
+            }
         })
     })
     .await?;
+    let chain = match &s.publisher {
+        Some(p) => {
+            // A single node holds every shard itself: its commitment comes from its store.
+            let own = if commitments.is_empty() {
+                let (store, m) = (s.store.clone(), manifest.clone());
+                blocking(move || {
+                    crate::chain::deals::held_data(&store, &root, &m)
+                        .map(|h| h.commitment())
+                        .map_err(|e| ApiError::internal(e.to_string()))
+                })
+                .await
+                .ok()
+            } else {
+                None
+            };
+            let net = s.cluster.as_ref().map(|c| &c.net);
+            let name = q
+                .name
+                .clone()
+                .or_else(|| q.path.clone())
+                .unwrap_or_default();
+            Some(
+                p.publish(net, &root, parent.as_ref(), &name, commitments, own)
+                    .await,
+            )
+        }
+        None => None,
+    };
     let size = manifest.total_size();
     s.metrics.http.put_bytes.inc_by(size);
     let stripes: u64 = manifest.files.iter().map(|f| f.stripes.len() as u64).sum();
@@ -454,6 +555,7 @@ async fn put_checkpoint<B: Backend>(
         size,
         stripes,
         shards: stripes * layout.total() as u64,
+        chain,
     }))
 }
 
@@ -496,6 +598,7 @@ async fn import_manifest<B: Backend>(
             size: manifest.total_size(),
             stripes,
             shards: manifest.shard_cids().count() as u64,
+            chain: None,
         }))
     })
     .await

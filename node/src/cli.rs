@@ -51,6 +51,39 @@ pub enum Command {
         /// Stripe size in bytes (default: the node's).
         #[arg(long)]
         stripe_size: Option<u64>,
+        /// Root CID of the checkpoint this one derives from (a fine-tune's base), recorded
+        /// on chain with this one.
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Print a checkpoint's lineage from chain: itself, its parent, ... back to its base.
+    Log { cid: String },
+    /// Deploy the CairnStorage contract to a chain. The RPC URL and the deployer's private
+    /// key come from the environment (CAIRN_RPC_URL, CAIRN_CHAIN_KEY); prints the address.
+    Deploy {
+        #[arg(long, env = "CAIRN_RPC_URL")]
+        rpc_url: String,
+        /// Minimum stake of a node, in gwei.
+        #[arg(long, default_value_t = 1_000_000_000)]
+        min_stake_gwei: u64,
+        /// Blocks per epoch.
+        #[arg(long, default_value_t = 240)]
+        epoch_blocks: u64,
+        /// Blocks after an epoch's first block in which its proofs are accepted (< epoch).
+        #[arg(long, default_value_t = 120)]
+        proof_window: u64,
+        /// Epochs between a stake withdrawal request and the withdrawal.
+        #[arg(long, default_value_t = 42)]
+        unbonding_epochs: u64,
+        /// Stake taken for one missed epoch, in gwei.
+        #[arg(long, default_value_t = 10_000_000)]
+        slash_gwei: u64,
+        /// Share of a slash paid to the reporter, in basis points.
+        #[arg(long, default_value_t = 5000)]
+        reward_bps: u16,
+        /// Leaves challenged per node and epoch.
+        #[arg(long, default_value_t = 8)]
+        samples: u8,
     },
     /// Download a checkpoint (verifying every file), one file, or a byte range of one file.
     Get {
@@ -119,6 +152,12 @@ pub enum DevnetCommand {
         /// devnet's alert rules (`ops/prometheus/`).
         #[arg(long)]
         prometheus: Option<u16>,
+        /// Start no local chain (no proofs, deals or provenance).
+        #[arg(long)]
+        no_chain: bool,
+        /// Blocks (one per second) per epoch on the devnet chain.
+        #[arg(long, default_value_t = 4)]
+        epoch_blocks: u64,
     },
     /// Stop every node of the devnet.
     Down {

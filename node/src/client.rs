@@ -77,6 +77,8 @@ pub struct PutOptions {
     pub k: Option<u8>,
     pub m: Option<u8>,
     pub stripe_size: Option<u64>,
+    /// Root CID of the checkpoint this one derives from.
+    pub parent: Option<String>,
 }
 
 /// What a download did.
@@ -272,6 +274,9 @@ impl Client {
         }
         if let Some(m) = opts.m {
             query.push(("m", m.to_string()));
+        }
+        if let Some(p) = &opts.parent {
+            query.push(("parent", p.clone()));
         }
         if let Some(s) = opts.stripe_size {
             query.push(("stripe_size", s.to_string()));
@@ -568,6 +573,12 @@ impl Client {
     }
 
     /// GET a JSON endpoint.
+    /// A checkpoint's lineage from chain, newest first.
+    pub async fn lineage(&self, cid: &str) -> Result<Vec<crate::api::LineageEntry>, ClientError> {
+        let v = self.json(&format!("/v1/checkpoints/{cid}/lineage")).await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Invalid(format!("lineage answer: {e}")))
+    }
+
     pub async fn json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         let resp = self.http.get(self.url(path)).send().await?;
         Ok(check(resp).await?.json().await?)

@@ -10,12 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cairn_erasure::stripe::decode_stripe;
 use cairn_erasure::{Cid, Coder, EncodedStripe, FileEntry, Layout, Manifest};
+use cairn_proofs::Commitment;
 use cairn_storage::{Backend, ReadError, Store};
 use libp2p::PeerId;
 use libp2p::futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::chain::deals::DealPlanner;
 use crate::net::placement::{order, stripe_key};
 use crate::net::swarm::Network;
 use crate::net::transfer::{TransferError, Transfers};
@@ -72,7 +74,8 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// Store an upload across the cluster. Runs on a blocking thread (`rt` drives the
-    /// network). The checkpoint is pinned on every node that took a shard, and here.
+    /// network). The checkpoint is pinned on every node that took a shard, and here. With a
+    /// `planner`, also returns each storing node's deal commitment.
     pub fn put<R: Read>(
         &self,
         rt: &tokio::runtime::Handle,
@@ -80,7 +83,8 @@ impl<B: Backend> Cluster<B> {
         upload: Upload<R>,
         name: &str,
         progress: &dyn Fn(u64),
-    ) -> Result<(Cid, Manifest), IngestError> {
+        mut planner: Option<&mut DealPlanner>,
+    ) -> Result<(Cid, Manifest, HashMap<PeerId, Commitment>), IngestError> {
         let members = rt.block_on(self.members());
         let needed = layout.total();
         if members.len() < needed && !self.allow_colocation {
@@ -93,10 +97,17 @@ impl<B: Backend> Cluster<B> {
         let me = self.net.peer_id();
         let mut session = self.store.begin_put();
         let mut participants: HashSet<PeerId> = HashSet::new();
+        let mut holders: HashMap<Cid, Vec<PeerId>> = HashMap::new();
         let mut stripe_no = 0u64;
         let result = encode(layout, upload, progress, &mut |enc: &EncodedStripe| {
             let placed = rt.block_on(self.place_stripe(&members, upload_id, enc, stripe_no))?;
             stripe_no += 1;
+            if let Some(p) = planner.as_deref_mut() {
+                for (i, peer) in placed.iter().enumerate() {
+                    p.add_shard(&enc.shards[i].cid, enc.shard(i));
+                    holders.entry(enc.shards[i].cid).or_default().push(*peer);
+                }
+            }
             for (i, peer) in placed.iter().enumerate() {
                 if *peer == me {
                     session.put_shard(&enc.shards[i], enc.shard(i))?;
@@ -162,7 +173,10 @@ impl<B: Backend> Cluster<B> {
             }
         });
         info!(%root, nodes = participants.len() + 1, "checkpoint placed on the cluster");
-        Ok((root, manifest))
+        let commitments = planner
+            .map(|p| p.commitments(&manifest, &holders))
+            .unwrap_or_default();
+        Ok((root, manifest, commitments))
     }
 
     /// Push a stripe's remote shards to their placement nodes in parallel; a node that fails

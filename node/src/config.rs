@@ -89,6 +89,63 @@ impl Default for NetworkSection {
     }
 }
 
+/// Default stake a node registers with: 1 ETH (in gwei).
+pub const DEFAULT_STAKE_GWEI: u64 = 1_000_000_000;
+/// Default length of the deals `cairn put` makes.
+pub const DEFAULT_DEAL_EPOCHS: u32 = 1000;
+/// Default price per epoch each storing node is paid: 1000 gwei.
+pub const DEFAULT_DEAL_PRICE_GWEI: u64 = 1000;
+/// Default chain polling interval.
+pub const DEFAULT_CHAIN_POLL_MS: u64 = 500;
+
+/// `[chain]`: proofs of storage and provenance on the CairnStorage contract. Off while
+/// `rpc_url` is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainSection {
+    /// JSON-RPC endpoint, e.g. "http://127.0.0.1:8545". Empty: no chain.
+    pub rpc_url: String,
+    /// Address of the deployed contract (`cairn deploy` prints it).
+    pub contract: String,
+    /// Hex private key of this node's account (stakes, proves, reports missed epochs, and pays
+    /// for the deals and provenance of checkpoints put through this node). The environment
+    /// variable CAIRN_CHAIN_KEY overrides it; prefer that outside a devnet.
+    pub key: String,
+    /// Stake, in gwei, this node registers with at start if it is not registered (0: never).
+    pub stake_gwei: u64,
+    /// Epochs each deal made by a put through this node lasts.
+    pub deal_epochs: u32,
+    /// Price per epoch, in gwei, a deal pays each storing node.
+    pub deal_price_gwei: u64,
+    /// How often the prover and watcher poll the chain, in milliseconds.
+    pub poll_ms: u64,
+}
+
+impl Default for ChainSection {
+    fn default() -> Self {
+        Self {
+            rpc_url: String::new(),
+            contract: String::new(),
+            key: String::new(),
+            stake_gwei: DEFAULT_STAKE_GWEI,
+            deal_epochs: DEFAULT_DEAL_EPOCHS,
+            deal_price_gwei: DEFAULT_DEAL_PRICE_GWEI,
+            poll_ms: DEFAULT_CHAIN_POLL_MS,
+        }
+    }
+}
+
+impl ChainSection {
+    pub fn enabled(&self) -> bool {
+        !self.rpc_url.is_empty()
+    }
+
+    /// The private key: CAIRN_CHAIN_KEY if set, else `key`.
+    pub fn key(&self) -> String {
+        std::env::var(crate::chain::KEY_ENV).unwrap_or_else(|_| self.key.clone())
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +154,7 @@ pub struct NodeConfig {
     pub storage: StorageSection,
     pub erasure: ErasureSection,
     pub network: NetworkSection,
+    pub chain: ChainSection,
 }
 
 impl Default for NodeSection {
@@ -144,6 +202,11 @@ impl NodeConfig {
         for a in std::iter::once(&cfg.network.listen).chain(&cfg.network.bootstrap) {
             a.parse::<libp2p::Multiaddr>()
                 .map_err(|e| format!("network: invalid multiaddr {a:?}: {e}"))?;
+        }
+        if cfg.chain.enabled() && (cfg.chain.contract.is_empty() || cfg.chain.poll_ms == 0) {
+            return Err(
+                "chain: rpc_url is set, so contract and a positive poll_ms are needed".into(),
+            );
         }
         if cfg.storage.max_concurrent_puts == 0 {
             return Err("storage.max_concurrent_puts must be at least 1".into());

@@ -27,6 +27,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Network(#[from] crate::net::NetError),
+    #[error("chain: {0}")]
+    Chain(#[from] crate::chain::ChainError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -77,7 +79,29 @@ impl Node {
             a.parse::<libp2p::Multiaddr>()
                 .map_err(|e| StartError::Config(format!("invalid multiaddr {a:?}: {e}")))
         };
+        let chain = if config.chain.enabled() {
+            let key = config.chain.key();
+            if key.is_empty() {
+                return Err(StartError::Config(format!(
+                    "chain.rpc_url is set but no key: set chain.key or {}",
+                    crate::chain::KEY_ENV
+                )));
+            }
+            let c =
+                crate::chain::Chain::connect(&config.chain.rpc_url, &config.chain.contract, &key)?;
+            let stake = alloy::primitives::U256::from(config.chain.stake_gwei)
+                * alloy::primitives::U256::from(1_000_000_000u64);
+            if config.chain.stake_gwei > 0 && c.ensure_registered(stake).await? {
+                tracing::info!(account = %crate::chain::ProofChain::me(&c), stake_gwei = config.chain.stake_gwei, "registered on chain");
+            }
+            Some(c)
+        } else {
+            None
+        };
         let net_cfg = crate::net::NetConfig {
+            account: chain
+                .as_ref()
+                .map(|c| crate::chain::ProofChain::me(c).to_string()),
             listen: parse(&config.network.listen)?,
             bootstrap: config
                 .network
@@ -95,6 +119,28 @@ impl Node {
         let stats = Arc::new(crate::net::TransferStats::new(metrics.transfers.clone()));
         let server = crate::net::ShardServer::new(store.clone(), net.clone(), Arc::clone(&stats));
         tasks.spawn(server.run(cancel.clone()));
+        let publisher = match chain {
+            Some(c) => {
+                let poll = std::time::Duration::from_millis(config.chain.poll_ms);
+                let prover = crate::chain::prover::Prover::new(
+                    c.clone(),
+                    store.clone(),
+                    metrics.proofs.clone(),
+                )
+                .await?;
+                tasks.spawn(prover.run(poll, cancel.clone()));
+                let watcher =
+                    crate::chain::prover::Watcher::new(c.clone(), metrics.proofs.clone()).await?;
+                tasks.spawn(watcher.run(poll, cancel.clone()));
+                Some(crate::chain::publish::Publisher {
+                    chain: c,
+                    deal_epochs: config.chain.deal_epochs,
+                    deal_price: alloy::primitives::U256::from(config.chain.deal_price_gwei)
+                        * alloy::primitives::U256::from(1_000_000_000u64),
+                })
+            }
+            None => None,
+        };
         let cluster = crate::cluster::Cluster {
             transfers: crate::net::Transfers::new(net.clone(), stats),
             net,
@@ -115,6 +161,7 @@ impl Node {
             max_puts: config.storage.max_concurrent_puts,
             started: Instant::now(),
             cluster: Some(cluster),
+            publisher,
             metrics,
         };
         let stop = cancel.clone();

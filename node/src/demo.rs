@@ -16,8 +16,9 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
         }
     };
     const NODES: usize = 8;
+    const EPOCH_BLOCKS: u64 = 4;
     let net_dir = work.join("devnet");
-    let net = crate::devnet::up(&net_dir, NODES, 4, 2, 16 << 20, None).await?;
+    let net = crate::devnet::up(&net_dir, NODES, 4, 2, 16 << 20, None, Some(EPOCH_BLOCKS)).await?;
     // Stop the devnet however this ends.
     struct Down(PathBuf);
     impl Drop for Down {
@@ -31,7 +32,9 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
     let url = net.nodes[0].http.clone();
     let reader_url = net.nodes[NODES / 2].http.clone();
     eprintln!(
-        "devnet of {NODES} nodes up (k=4, m=2, 16 MiB stripes, every stripe on 6 distinct nodes), data in {}",
+        "devnet of {NODES} nodes up (k=4, m=2, 16 MiB stripes, every stripe on 6 distinct nodes) \
+         with a local chain ({}, {EPOCH_BLOCKS}-second epochs), data in {}",
+        net.chain.as_ref().map_or("none", |c| c.rpc.as_str()),
         net_dir.display()
     );
 
@@ -55,6 +58,22 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
         put.shards,
         mib_per_sec(put.size, put_secs)
     );
+
+    if let Some(c) = &put.chain {
+        eprintln!(
+            "chain: provenance {}, {} storage deals proposed{}",
+            if c.published {
+                "recorded"
+            } else {
+                "already recorded"
+            },
+            c.deals.len(),
+            c.error
+                .as_deref()
+                .map(|e| format!(" (error: {e})"))
+                .unwrap_or_default()
+        );
+    }
 
     // Read it back through another node: shards come from all over the network.
     let mut client = Client::new(&reader_url);
@@ -88,6 +107,12 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
     let whole = tokio::fs::read(src.join("model.safetensors")).await?;
     ensure!(range == whole[1000..1_001_000], "range read differs");
 
+    // The storing nodes accept their deals and prove them: wait for proven epochs.
+    if let Some(chain) = &net.chain {
+        let proven = wait_for_proofs(&net, chain.epoch_blocks).await?;
+        eprintln!("proofs of storage: {proven} node-epochs proven on chain so far");
+    }
+
     println!("root {}", put.root);
     println!(
         "verified round trip of {} bytes: put {:.0} MiB/s, get {:.0} MiB/s",
@@ -96,4 +121,44 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
         mib_per_sec(got.total, get_secs)
     );
     Ok(())
+}
+
+/// Wait (at most a minute) until every node holding a deal has proven an epoch; returns the
+/// node-epochs proven (read from each node's metrics).
+async fn wait_for_proofs(net: &crate::devnet::Devnet, epoch_blocks: u64) -> Result<u64> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60.max(epoch_blocks * 6));
+    loop {
+        let mut proven = 0;
+        let mut waiting = 0;
+        for n in &net.nodes {
+            let text = reqwest::get(format!("{}/metrics", n.http))
+                .await?
+                .text()
+                .await?;
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| {
+                        l.strip_prefix(name)
+                            .and_then(|v| v.trim().parse::<f64>().ok())
+                    })
+                    .unwrap_or(0.0) as u64
+            };
+            let (deals, epochs) = (
+                value("cairn_proof_deals "),
+                value("cairn_proof_epochs_proven_total "),
+            );
+            proven += epochs;
+            if deals > 0 && epochs == 0 {
+                waiting += 1;
+            }
+        }
+        if waiting == 0 && proven > 0 {
+            return Ok(proven);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{waiting} storing nodes proved nothing within a minute"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

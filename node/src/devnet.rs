@@ -26,6 +26,131 @@ pub struct Devnet {
     /// A Prometheus scraping every node, when started with the devnet.
     #[serde(default)]
     pub prometheus: Option<DevnetProcess>,
+    /// The local chain (anvil) with the contract, unless started with `--no-chain`.
+    #[serde(default)]
+    pub chain: Option<DevnetChain>,
+}
+
+/// The devnet's chain: anvil mining a block a second, the contract, and the dev accounts
+/// (account 0 deployed the contract; node i uses account i + 1).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevnetChain {
+    pub pid: u32,
+    pub rpc: String,
+    pub contract: String,
+    pub keys: Vec<String>,
+    pub accounts: Vec<String>,
+    pub epoch_blocks: u64,
+}
+
+/// Where anvil is: $CAIRN_ANVIL, or the copy `ops/install.sh` puts under
+/// `proofs/node_modules` (searched from the working directory and the binary's location up).
+pub fn anvil_path() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("CAIRN_ANVIL") {
+        return Ok(PathBuf::from(p));
+    }
+    let rel = Path::new("proofs/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    let mut starts = vec![std::env::current_dir()?];
+    if let Ok(exe) = std::env::current_exe() {
+        starts.push(exe);
+    }
+    for start in starts {
+        for dir in start.ancestors() {
+            let p = dir.join(rel);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "anvil not found: run ./ops/install.sh (it installs it under proofs/node_modules) or set CAIRN_ANVIL"
+    )
+}
+
+/// Start anvil (one block a second, `accounts` funded dev accounts) and deploy the contract
+/// with devnet parameters: epochs of `epoch_blocks` seconds.
+async fn start_chain(dir: &Path, accounts: usize, epoch_blocks: u64) -> Result<DevnetChain> {
+    use std::os::unix::process::CommandExt;
+    if epoch_blocks < 2 {
+        bail!("an epoch needs at least 2 blocks (one to draw the challenge, one to prove)");
+    }
+    let log_path = dir.join("anvil.log");
+    let log = std::fs::File::create(&log_path)?;
+    let out = dir.join("anvil-accounts.json");
+    let mut child = Command::new(anvil_path()?)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--block-time",
+            "1",
+            "--accounts",
+        ])
+        .arg(accounts.to_string())
+        .arg("--config-out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting anvil")?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    let rpc = loop {
+        if let Ok(text) = std::fs::read_to_string(&log_path)
+            && let Some(addr) = text.lines().find_map(|l| l.strip_prefix("Listening on "))
+            && out.exists()
+        {
+            break format!("http://{}", addr.trim());
+        }
+        if !matches!(child.try_wait(), Ok(None)) || Instant::now() > deadline {
+            bail!(
+                "anvil did not start:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let accts: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    let list = |k: &str| -> Vec<String> {
+        accts[k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (keys, accounts) = (list("private_keys"), list("available_accounts"));
+    let Some(deployer) = keys.first() else {
+        bail!("anvil wrote no dev accounts to {}", out.display());
+    };
+    let (provider, _) = cairn_node::chain::provider(&rpc, deployer)?;
+    let eth = alloy::primitives::U256::from(10u64).pow(alloy::primitives::U256::from(18u64));
+    let contract = cairn_node::chain::Chain::deploy(
+        &provider,
+        cairn_node::chain::DeployArgs {
+            min_stake: eth,
+            epoch_blocks,
+            proof_window: epoch_blocks - 1,
+            unbonding_epochs: 2,
+            slash_amount: eth / alloy::primitives::U256::from(10u64),
+            reward_bps: 5000,
+            samples: 8,
+        },
+    )
+    .await
+    .context("deploying the contract")?;
+    Ok(DevnetChain {
+        pid: child.id(),
+        rpc,
+        contract: contract.to_string(),
+        keys,
+        accounts,
+        epoch_blocks,
+    })
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -134,6 +259,7 @@ pub async fn up(
     m: u8,
     stripe_size: u64,
     prometheus_port: Option<u16>,
+    chain_epoch_blocks: Option<u64>,
 ) -> Result<Devnet> {
     if state_file(dir).exists() {
         bail!(
@@ -147,18 +273,46 @@ pub async fn up(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe().context("locating the cairn binary")?;
+    let chain = match chain_epoch_blocks {
+        Some(e) => Some(start_chain(dir, n + 2, e).await?),
+        None => None,
+    };
+    if let Some(c) = &chain {
+        // Recorded now, so that `down` stops anvil even if a node fails to start.
+        let partial = Devnet {
+            nodes: Vec::new(),
+            prometheus: None,
+            chain: Some(DevnetChain {
+                pid: c.pid,
+                rpc: c.rpc.clone(),
+                contract: c.contract.clone(),
+                keys: Vec::new(),
+                accounts: Vec::new(),
+                epoch_blocks: c.epoch_blocks,
+            }),
+        };
+        std::fs::write(state_file(dir), serde_json::to_string_pretty(&partial)?)?;
+    }
     let mut nodes: Vec<DevnetNode> = Vec::with_capacity(n);
     for i in 0..n {
         let node_dir = dir.join(format!("node-{i}"));
         std::fs::create_dir_all(&node_dir)?;
         let bootstrap: Vec<String> = nodes.iter().map(|n| format!("{:?}", n.p2p)).collect();
-        let config = format!(
+        let mut config = format!(
             "[node]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n\n\
              [erasure]\nk = {k}\nm = {m}\nstripe_size = {stripe_size}\n\n\
              [network]\nlisten = \"/ip4/127.0.0.1/udp/0/quic-v1\"\nbootstrap = [{}]\n",
             node_dir.join("data").display().to_string(),
             bootstrap.join(", ")
         );
+        if let Some(c) = &chain {
+            config.push_str(&format!(
+                "\n[chain]\nrpc_url = {:?}\ncontract = {:?}\nkey = {:?}\npoll_ms = 250\n",
+                c.rpc,
+                c.contract,
+                c.keys.get(i + 1).context("too few dev accounts")?
+            ));
+        }
         let config_path = node_dir.join("node.toml");
         std::fs::write(&config_path, config)?;
         let log_path = node_dir.join("node.log");
@@ -200,7 +354,11 @@ pub async fn up(
     let prometheus = prometheus_port
         .map(|port| start_prometheus(dir, port))
         .transpose()?;
-    let net = Devnet { nodes, prometheus };
+    let net = Devnet {
+        nodes,
+        prometheus,
+        chain,
+    };
     std::fs::write(state_file(dir), serde_json::to_string_pretty(&net)?)?;
     // Every node knows every other one.
     let deadline = Instant::now() + START_TIMEOUT;
@@ -234,6 +392,7 @@ pub fn down(dir: &Path) -> Result<usize> {
         .iter()
         .map(|n| n.pid)
         .chain(net.prometheus.as_ref().map(|p| p.pid))
+        .chain(net.chain.as_ref().map(|c| c.pid))
         .collect();
     for &pid in &pids {
         if alive(pid) {
@@ -282,6 +441,9 @@ pub async fn print_status(dir: &Path) -> Result<()> {
     }
     if let Some(p) = &net.prometheus {
         println!("prometheus  {}  pid {}", p.url, p.pid);
+    }
+    if let Some(c) = &net.chain {
+        println!("chain  {}  contract {}  pid {}", c.rpc, c.contract, c.pid);
     }
     Ok(())
 }

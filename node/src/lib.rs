@@ -2,6 +2,7 @@
 //! command line uses. The binary (`cairn`) is `main.rs` + `cli.rs`.
 
 pub mod api;
+pub mod chain;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -59,6 +59,7 @@ async fn main() -> Result<()> {
             k,
             m,
             stripe_size,
+            parent,
         } => {
             let t = Instant::now();
             let opts = PutOptions {
@@ -66,6 +67,7 @@ async fn main() -> Result<()> {
                 k,
                 m,
                 stripe_size,
+                parent,
             };
             let a = client.put(&path, &opts).await?;
             eprintln!(
@@ -77,7 +79,82 @@ async fn main() -> Result<()> {
                 t.elapsed().as_secs_f64(),
                 mib_per_sec(a.size, t.elapsed())
             );
+            if let Some(c) = &a.chain {
+                eprintln!(
+                    "chain: {}, {} deals proposed{}{}",
+                    if c.published {
+                        "provenance recorded"
+                    } else {
+                        "provenance already recorded"
+                    },
+                    c.deals.len(),
+                    c.skipped
+                        .iter()
+                        .map(|s| format!("\n  no deal: {s}"))
+                        .collect::<String>(),
+                    c.error
+                        .as_deref()
+                        .map(|e| format!("\n  error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
             println!("{}", a.root);
+        }
+        Command::Log { cid } => {
+            let records = client.lineage(&cid).await?;
+            for (i, r) in records.iter().enumerate() {
+                let what = if r.parent.is_none() {
+                    "base"
+                } else if i == 0 {
+                    "checkpoint"
+                } else {
+                    "parent"
+                };
+                println!("{:<indent$}{} ({what})", "", r.root, indent = i * 2);
+                println!(
+                    "{:<indent$}  published by {} in block {}, metadata {}",
+                    "",
+                    r.publisher,
+                    r.block,
+                    r.meta_hash,
+                    indent = i * 2
+                );
+            }
+        }
+        Command::Deploy {
+            rpc_url,
+            min_stake_gwei,
+            epoch_blocks,
+            proof_window,
+            unbonding_epochs,
+            slash_gwei,
+            reward_bps,
+            samples,
+        } => {
+            let key = std::env::var(cairn_node::chain::KEY_ENV).with_context(|| {
+                format!(
+                    "set {} to the deployer's private key",
+                    cairn_node::chain::KEY_ENV
+                )
+            })?;
+            let (provider, _) = cairn_node::chain::provider(&rpc_url, &key)?;
+            let gwei = |g: u64| {
+                alloy::primitives::U256::from(g) * alloy::primitives::U256::from(1_000_000_000u64)
+            };
+            let address = cairn_node::chain::Chain::deploy(
+                &provider,
+                cairn_node::chain::DeployArgs {
+                    min_stake: gwei(min_stake_gwei),
+                    epoch_blocks,
+                    proof_window,
+                    unbonding_epochs,
+                    slash_amount: gwei(slash_gwei),
+                    reward_bps,
+                    samples,
+                },
+            )
+            .await?;
+            println!("{address}");
         }
         Command::Get {
             cid,
@@ -166,6 +243,8 @@ async fn main() -> Result<()> {
                 m,
                 stripe_size,
                 prometheus,
+                no_chain,
+                epoch_blocks,
             } => {
                 if nodes < usize::from(k) + usize::from(m) {
                     bail!(
@@ -173,12 +252,24 @@ async fn main() -> Result<()> {
                         u16::from(k) + u16::from(m)
                     );
                 }
-                let net = devnet::up(&dir, nodes, k, m, stripe_size, prometheus).await?;
+                let net = devnet::up(
+                    &dir,
+                    nodes,
+                    k,
+                    m,
+                    stripe_size,
+                    prometheus,
+                    (!no_chain).then_some(epoch_blocks),
+                )
+                .await?;
                 for (i, n) in net.nodes.iter().enumerate() {
                     println!("node-{i} {} {}", n.http, n.p2p);
                 }
                 if let Some(p) = &net.prometheus {
                     println!("prometheus {}", p.url);
+                }
+                if let Some(c) = &net.chain {
+                    println!("chain {} contract {}", c.rpc, c.contract);
                 }
                 eprintln!(
                     "devnet of {nodes} nodes up in {} (k={k}, m={m}); use --node {} or `cairn devnet down --dir {}`",

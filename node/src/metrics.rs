@@ -115,6 +115,31 @@ impl std::fmt::Debug for SwarmMetrics {
     }
 }
 
+/// Proofs of storage and the chain (prover and watcher tasks).
+#[derive(Clone, Debug, Default)]
+pub struct ProofMetrics {
+    /// The chain's current epoch as last seen.
+    pub current_epoch: Gauge,
+    /// Deals this node has accepted and proves.
+    pub deals: Gauge,
+    /// Epochs whose proofs this node got onto the chain.
+    pub epochs_proven: Counter,
+    /// Last epoch proven.
+    pub last_proven_epoch: Gauge,
+    /// Challenged leaves proven.
+    pub samples: Counter,
+    /// Gas used by proof transactions.
+    pub gas: Counter,
+    /// Epochs this node could not prove from its own data (no proof was sent).
+    pub failures: Counter,
+    /// Of those, epochs where held data no longer matched a deal (corrupt or lost).
+    pub corrupt: Counter,
+    /// Proof transactions that failed to be sent or mined (retried within the window).
+    pub submit_errors: Counter,
+    /// Missed epochs of other nodes this node reported.
+    pub reported: Counter,
+}
+
 /// Store figures, read at scrape time.
 struct StoreCollector<B: Backend> {
     store: Store<B>,
@@ -166,6 +191,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub transfers: TransferMetrics,
     pub swarm: SwarmMetrics,
+    pub proofs: ProofMetrics,
 }
 
 impl Metrics {
@@ -266,6 +292,65 @@ impl Metrics {
             "Peers in the Kademlia routing table",
             swarm.routing_table_peers.clone(),
         );
+        let proofs = ProofMetrics::default();
+        for (name, help, m) in [
+            (
+                "proof_current_epoch",
+                "The chain's epoch as last seen by the prover",
+                &proofs.current_epoch,
+            ),
+            (
+                "proof_deals",
+                "Storage deals this node has accepted and proves",
+                &proofs.deals,
+            ),
+            (
+                "proof_last_proven_epoch",
+                "Last epoch this node proved on chain",
+                &proofs.last_proven_epoch,
+            ),
+        ] {
+            reg.register(name, help, m.clone());
+        }
+        for (name, help, m) in [
+            (
+                "proof_epochs_proven",
+                "Epochs proven on chain by this node",
+                &proofs.epochs_proven,
+            ),
+            (
+                "proof_samples",
+                "Challenged leaves proven by this node",
+                &proofs.samples,
+            ),
+            (
+                "proof_gas_used",
+                "Gas used by this node's proof transactions",
+                &proofs.gas,
+            ),
+            (
+                "proof_failures",
+                "Epochs this node could not prove from its data (no proof sent)",
+                &proofs.failures,
+            ),
+            (
+                "proof_corrupt_data",
+                "Epochs where data held for a deal did not match its commitment",
+                &proofs.corrupt,
+            ),
+            (
+                "proof_submit_errors",
+                "Proof transactions that failed to be sent or mined",
+                &proofs.submit_errors,
+            ),
+            (
+                "proof_missed_reported",
+                "Missed epochs of other nodes reported by this node",
+                &proofs.reported,
+            ),
+        ] {
+            reg.register(name, help, m.clone());
+        }
         if let Some(store) = store {
             reg.register_collector(Box::new(StoreCollector { store }));
         }
@@ -274,6 +359,7 @@ impl Metrics {
             http,
             transfers,
             swarm,
+            proofs,
         }
     }
 
@@ -309,6 +395,8 @@ mod tests {
             "cairn_store_capacity_bytes 1048576",
             "cairn_store_corrupt_reads_total 0",
             "cairn_p2p_connected_peers 0",
+            "cairn_proof_epochs_proven_total 0",
+            "cairn_proof_missed_reported_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -95,7 +95,11 @@ enum Command {
     Provide(RecordKey),
     Disconnect(PeerId),
     Providers(RecordKey, oneshot::Sender<Vec<PeerId>>),
+    Account(PeerId, oneshot::Sender<Option<String>>),
 }
+
+/// Prefix of the chain account a node announces in its identify agent version.
+const ACCOUNT_TAG: &str = " account/";
 
 /// Handle to the swarm task. Cheap to clone.
 #[derive(Clone)]
@@ -109,6 +113,8 @@ pub struct Network {
 pub struct NetConfig {
     pub listen: Multiaddr,
     pub bootstrap: Vec<Multiaddr>,
+    /// This node's chain account, announced to peers (deals name it).
+    pub account: Option<String>,
 }
 
 impl Network {
@@ -147,8 +153,16 @@ impl Network {
                 // Loopback and LAN addresses are never confirmed external: serve anyway.
                 kad.set_mode(Some(kad::Mode::Server));
                 let identify = identify::Behaviour::new(
-                    identify::Config::new("/cairn/1.0.0".into(), key.public())
-                        .with_agent_version(format!("cairn/{}", env!("CARGO_PKG_VERSION"))),
+                    identify::Config::new("/cairn/1.0.0".into(), key.public()).with_agent_version(
+                        format!(
+                            "cairn/{}{}",
+                            env!("CARGO_PKG_VERSION"),
+                            cfg.account
+                                .as_ref()
+                                .map(|a| format!("{ACCOUNT_TAG}{a}"))
+                                .unwrap_or_default()
+                        ),
+                    ),
                 );
                 Behaviour {
                     kad,
@@ -226,6 +240,11 @@ impl Network {
         let _ = self.commands.send(Command::Disconnect(peer)).await;
     }
 
+    /// The chain account `peer` announced, if any.
+    pub async fn account(&self, peer: PeerId) -> Option<String> {
+        self.ask(|tx| Command::Account(peer, tx)).await.flatten()
+    }
+
     /// Nodes that announced `key`.
     pub async fn providers(&self, key: &[u8]) -> Vec<PeerId> {
         self.ask(|tx| Command::Providers(RecordKey::new(&key), tx))
@@ -251,6 +270,7 @@ async fn run(
 ) {
     let mut lookups: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)> =
         HashMap::new();
+    let mut accounts: HashMap<PeerId, String> = HashMap::new();
     let mut refresh = tokio::time::interval(BOOTSTRAP_EVERY);
     let mut joined = false;
     loop {
@@ -262,7 +282,7 @@ async fn run(
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle_command(&mut swarm, cmd, &mut lookups);
+                handle_command(&mut swarm, cmd, &mut lookups, &accounts);
             }
             event = swarm.select_next_some() => {
                 record(&metrics, &event);
@@ -270,7 +290,7 @@ async fn run(
                     event,
                     SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { .. }))
                 );
-                handle_event(&mut swarm, event, &mut lookups);
+                handle_event(&mut swarm, event, &mut lookups, &mut accounts);
                 // Join as soon as the first peer is known: the walk towards our own key makes
                 // the rest of the network learn this node (and its current address).
                 if identified && !joined {
@@ -297,8 +317,12 @@ fn handle_command(
     swarm: &mut Swarm<Behaviour>,
     cmd: Command,
     lookups: &mut HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    accounts: &HashMap<PeerId, String>,
 ) {
     match cmd {
+        Command::Account(peer, tx) => {
+            let _ = tx.send(accounts.get(&peer).cloned());
+        }
         Command::Peers(tx) => {
             let mut peers = Vec::new();
             for bucket in swarm.behaviour_mut().kad.kbuckets() {
@@ -333,6 +357,7 @@ fn handle_event(
     swarm: &mut Swarm<Behaviour>,
     event: SwarmEvent<BehaviourEvent>,
     lookups: &mut HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    accounts: &mut HashMap<PeerId, String>,
 ) {
     match event {
         SwarmEvent::NewListenAddr { address, .. } => {
@@ -343,6 +368,9 @@ fn handle_event(
             info,
             ..
         })) if info.protocols.contains(&KAD_PROTOCOL) => {
+            if let Some((_, a)) = info.agent_version.split_once(ACCOUNT_TAG) {
+                accounts.insert(peer_id, a.to_string());
+            }
             let kad = &mut swarm.behaviour_mut().kad;
             for addr in info.listen_addrs {
                 kad.add_address(&peer_id, addr);

@@ -646,6 +646,7 @@ mod tests {
         let (a, _) = Network::start(
             Keypair::generate_ed25519(),
             NetConfig {
+                account: None,
                 listen: listen.clone(),
                 bootstrap: Vec::new(),
             },
@@ -667,6 +668,7 @@ mod tests {
             NetConfig {
                 listen,
                 bootstrap: vec![a_addr],
+                account: None,
             },
             metrics().swarm,
             cancel.clone(),

@@ -1,0 +1,593 @@
+//! The chain: the `CairnStorage` contract (proofs/contracts) through alloy, and the node's
+//! tasks that use it. The prover and watcher talk to the chain through [`ProofChain`], so
+//! their logic is testable without one; [`Chain`] is the real implementation.
+
+pub mod deals;
+pub mod prover;
+pub mod publish;
+
+use std::time::Duration;
+
+use alloy::contract::SolCallBuilder;
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, FixedBytes, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionReceipt;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolCall;
+use cairn_erasure::Cid;
+use thiserror::Error;
+
+/// Bindings generated from the committed artifact (`proofs/artifacts/CairnStorage.json`).
+#[allow(clippy::too_many_arguments)]
+pub mod bindings {
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        CairnStorage,
+        "../proofs/artifacts/CairnStorage.json"
+    );
+}
+
+pub use bindings::CairnStorage;
+pub use bindings::CairnStorage::CairnStorageErrors as ContractError;
+
+/// Environment variable that overrides `chain.key`.
+pub const KEY_ENV: &str = "CAIRN_CHAIN_KEY";
+/// How long a sent transaction may take to be mined.
+pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Gas limit sent = estimate * GAS_PAD_PERCENT / 100 (+ a constant): a proof's gas depends on
+/// the storage slots it touches, which can change between estimate and inclusion.
+pub const GAS_PAD_PERCENT: u64 = 130;
+
+/// A chain operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    #[error("invalid chain configuration: {0}")]
+    Config(String),
+    #[error("{call}: the contract refused: {reason}")]
+    Reverted { call: &'static str, reason: String },
+    #[error("{call}: rpc failed: {reason}")]
+    Rpc { call: &'static str, reason: String },
+    #[error("{call}: no receipt within {} s", RECEIPT_TIMEOUT.as_secs())]
+    Timeout { call: &'static str },
+    #[error("{call}: mined in block {block} but failed")]
+    Failed { call: &'static str, block: u64 },
+}
+
+impl ChainError {
+    /// The contract's custom error, when it refused.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ChainError::Reverted { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+fn from_contract(call: &'static str, e: alloy::contract::Error) -> ChainError {
+    if let Some(decoded) = e.as_decoded_interface_error::<ContractError>() {
+        return ChainError::Reverted {
+            call,
+            reason: format!("{decoded:?}"),
+        };
+    }
+    if let alloy::contract::Error::TransportError(t) = &e
+        && let Some(payload) = t.as_error_resp()
+        && payload.message.contains("revert")
+    {
+        return ChainError::Reverted {
+            call,
+            reason: payload.message.to_string(),
+        };
+    }
+    ChainError::Rpc {
+        call,
+        reason: e.to_string(),
+    }
+}
+
+fn rpc(call: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
+    move |e| ChainError::Rpc {
+        call,
+        reason: e.to_string(),
+    }
+}
+
+/// The 32 bytes a checkpoint's root CID is recorded as on chain (its BLAKE3 digest).
+pub fn root_word(root: &Cid) -> B256 {
+    let digest = root.hash().digest();
+    let mut w = [0u8; 32];
+    let n = digest.len().min(32);
+    w[..n].copy_from_slice(&digest[..n]);
+    B256::from(w)
+}
+
+/// The root CID a recorded word stands for (CIDv1, dag-cbor, BLAKE3).
+pub fn word_root(word: &B256) -> Cid {
+    cairn_erasure::ids::manifest_cid_from_digest(word.0)
+}
+
+/// A deal as the contract holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DealInfo {
+    pub id: u64,
+    pub node: Address,
+    pub client: Address,
+    /// First proven epoch; 0 until accepted.
+    pub start: u64,
+    pub epochs: u64,
+    pub commitment: [u8; 16],
+    pub leaf_count: u64,
+    pub checkpoint: B256,
+    /// 1 proposed, 2 active, 3 cancelled.
+    pub state: u8,
+}
+
+impl DealInfo {
+    pub fn runs_in(&self, epoch: u64) -> bool {
+        self.state == 2
+            && self.start != 0
+            && epoch >= self.start
+            && epoch < self.start + self.epochs
+    }
+}
+
+/// The contract's fixed parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    pub genesis_block: u64,
+    pub epoch_blocks: u64,
+    pub proof_window: u64,
+    pub samples: u8,
+    pub slash_amount: U256,
+    pub reward_bps: u16,
+}
+
+impl Params {
+    pub fn epoch_of(&self, block: u64) -> u64 {
+        block.saturating_sub(self.genesis_block) / self.epoch_blocks
+    }
+    pub fn epoch_start(&self, epoch: u64) -> u64 {
+        self.genesis_block + epoch * self.epoch_blocks
+    }
+    /// True once proofs for `epoch` are no longer accepted at `block`.
+    pub fn is_over(&self, epoch: u64, block: u64) -> bool {
+        block > self.epoch_start(epoch) + self.proof_window
+    }
+}
+
+/// What the prover and the watcher need from the chain.
+#[allow(async_fn_in_trait)]
+pub trait ProofChain {
+    fn me(&self) -> Address;
+    async fn block_number(&self) -> Result<u64, ChainError>;
+    async fn params(&self) -> Result<Params, ChainError>;
+    async fn epoch_seed(&self, epoch: u64) -> Result<[u8; 32], ChainError>;
+    async fn deal(&self, id: u64) -> Result<DealInfo, ChainError>;
+    async fn deal_count(&self) -> Result<u64, ChainError>;
+    async fn deals_of(&self, node: Address) -> Result<Vec<u64>, ChainError>;
+    async fn sampled_deals(&self, node: Address, epoch: u64) -> Result<u64, ChainError>;
+    async fn is_proven(&self, node: Address, epoch: u64) -> Result<bool, ChainError>;
+    async fn is_slashed(&self, node: Address, epoch: u64) -> Result<bool, ChainError>;
+    async fn accept_deal(&self, id: u64) -> Result<u64, ChainError>;
+    /// Submit an epoch's proofs; returns the gas used.
+    async fn submit_proofs(&self, epoch: u64, blob: Vec<u8>) -> Result<u64, ChainError>;
+    async fn report_missed(&self, node: Address, epoch: u64, deal: u64) -> Result<u64, ChainError>;
+}
+
+/// The contract through alloy, signing with this node's key.
+#[derive(Clone)]
+pub struct Chain {
+    contract: CairnStorage::CairnStorageInstance<DynProvider>,
+    provider: DynProvider,
+    me: Address,
+}
+
+/// Parse a hex private key (with or without 0x).
+pub fn parse_key(key: &str) -> Result<PrivateKeySigner, ChainError> {
+    key.trim()
+        .parse::<PrivateKeySigner>()
+        .map_err(|e| ChainError::Config(format!("invalid private key: {e}")))
+}
+
+/// A provider that signs with `key`: nonces counted locally and gas estimated per call, with
+/// none of the caching fillers (a reverted estimate must not consume a nonce).
+pub fn provider(rpc_url: &str, key: &str) -> Result<(DynProvider, Address), ChainError> {
+    let signer = parse_key(key)?;
+    let me = signer.address();
+    let url = rpc_url
+        .parse()
+        .map_err(|e| ChainError::Config(format!("invalid rpc url {rpc_url:?}: {e}")))?;
+    let p = ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+        .wallet(EthereumWallet::from(signer))
+        .connect_http(url);
+    Ok((p.erased(), me))
+}
+
+impl Chain {
+    pub fn connect(rpc_url: &str, contract: &str, key: &str) -> Result<Self, ChainError> {
+        let (provider, me) = provider(rpc_url, key)?;
+        let address: Address = contract.parse().map_err(|e| {
+            ChainError::Config(format!("invalid contract address {contract:?}: {e}"))
+        })?;
+        Ok(Self {
+            contract: CairnStorage::new(address, provider.clone()),
+            provider,
+            me,
+        })
+    }
+
+    /// Deploy a new contract with `args`; returns its address.
+    pub async fn deploy(provider: &DynProvider, args: DeployArgs) -> Result<Address, ChainError> {
+        let c = CairnStorage::deploy(
+            provider.clone(),
+            args.min_stake,
+            args.epoch_blocks,
+            args.proof_window,
+            args.unbonding_epochs,
+            args.slash_amount,
+            args.reward_bps,
+            args.samples,
+        )
+        .await
+        .map_err(|e| from_contract("deploy", e))?;
+        Ok(*c.address())
+    }
+
+    pub fn contract(&self) -> &CairnStorage::CairnStorageInstance<DynProvider> {
+        &self.contract
+    }
+
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// Pre-flight the call (a refusal comes back decoded, and costs nothing), then send it
+    /// with padded gas and wait for the receipt with a timeout.
+    pub async fn send<C: SolCall>(
+        &self,
+        call: &'static str,
+        b: SolCallBuilder<&DynProvider, C>,
+    ) -> Result<TransactionReceipt, ChainError> {
+        b.call_raw().await.map_err(|e| from_contract(call, e))?;
+        let gas = b.estimate_gas().await.map_err(|e| from_contract(call, e))?;
+        let pending = b
+            .gas(gas * GAS_PAD_PERCENT / 100 + 20_000)
+            .send()
+            .await
+            .map_err(|e| from_contract(call, e))?;
+        let receipt = pending
+            .with_timeout(Some(RECEIPT_TIMEOUT))
+            .get_receipt()
+            .await
+            .map_err(|e| match e {
+                alloy::providers::PendingTransactionError::TxWatcher(_) => {
+                    ChainError::Timeout { call }
+                }
+                e => ChainError::Rpc {
+                    call,
+                    reason: e.to_string(),
+                },
+            })?;
+        if !receipt.status() {
+            return Err(ChainError::Failed {
+                call,
+                block: receipt.block_number.unwrap_or_default(),
+            });
+        }
+        Ok(receipt)
+    }
+
+    /// Register with `stake` unless already registered; returns whether it registered now.
+    pub async fn ensure_registered(&self, stake: U256) -> Result<bool, ChainError> {
+        let n = self
+            .contract
+            .nodes(self.me)
+            .call()
+            .await
+            .map_err(|e| from_contract("nodes", e))?;
+        if n.registered {
+            return Ok(false);
+        }
+        self.send("register", self.contract.register().value(stake))
+            .await?;
+        Ok(true)
+    }
+
+    /// Record a checkpoint's provenance.
+    pub async fn publish(
+        &self,
+        root: &Cid,
+        parent: Option<&Cid>,
+        meta: B256,
+    ) -> Result<(), ChainError> {
+        let parent = parent.map(root_word).unwrap_or_default();
+        self.send(
+            "publish",
+            self.contract.publish(root_word(root), parent, meta),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Record `root` and propose a deal to each of `targets` in one transaction; returns the
+    /// deal ids, in the order of `targets`.
+    pub async fn publish_with_deals(
+        &self,
+        root: &Cid,
+        parent: Option<&Cid>,
+        meta: B256,
+        targets: &[(Address, cairn_proofs::Commitment)],
+        epochs: u32,
+        price: U256,
+    ) -> Result<Vec<u64>, ChainError> {
+        let price88 = alloy::primitives::Uint::<88, 2>::checked_from_limbs_slice(price.as_limbs())
+            .ok_or_else(|| ChainError::Config(format!("deal price {price} wei is too large")))?;
+        let parent = parent.map(root_word).unwrap_or_default();
+        let b = self
+            .contract
+            .publishWithDeals(
+                root_word(root),
+                parent,
+                meta,
+                targets.iter().map(|t| t.0).collect(),
+                targets.iter().map(|t| FixedBytes(t.1.root)).collect(),
+                targets.iter().map(|t| t.1.leaf_count).collect(),
+                epochs,
+                price88,
+            )
+            .value(price * U256::from(epochs) * U256::from(targets.len()));
+        let receipt = self.send("publishWithDeals", b).await?;
+        Ok(receipt
+            .inner
+            .logs()
+            .iter()
+            .filter_map(|l| l.log_decode::<CairnStorage::DealProposed>().ok())
+            .map(|l| l.inner.data.id.saturating_to::<u64>())
+            .collect())
+    }
+
+    /// Whether `node` is registered.
+    pub async fn is_registered(&self, node: Address) -> Result<bool, ChainError> {
+        let n = self
+            .contract
+            .nodes(node)
+            .call()
+            .await
+            .map_err(|e| from_contract("nodes", e))?;
+        Ok(n.registered)
+    }
+
+    /// The provenance record of `root`: (publisher, parent word, metadata hash, block).
+    pub async fn record(&self, root: B256) -> Result<Option<Record>, ChainError> {
+        let r = self
+            .contract
+            .records(root)
+            .call()
+            .await
+            .map_err(|e| from_contract("records", e))?;
+        if r.publisher == Address::ZERO {
+            return Ok(None);
+        }
+        Ok(Some(Record {
+            root,
+            publisher: r.publisher,
+            parent: (r.parent != B256::ZERO).then_some(r.parent),
+            meta_hash: r.metaHash,
+            block: r.blockNumber,
+        }))
+    }
+
+    /// Propose a deal to `node`, escrowing `epochs * price`; returns the deal id.
+    pub async fn propose_deal(
+        &self,
+        node: Address,
+        root: &Cid,
+        c: &cairn_proofs::Commitment,
+        epochs: u32,
+        price: U256,
+    ) -> Result<u64, ChainError> {
+        let price88 = alloy::primitives::Uint::<88, 2>::checked_from_limbs_slice(price.as_limbs())
+            .ok_or_else(|| ChainError::Config(format!("deal price {price} wei is too large")))?;
+        let b = self
+            .contract
+            .proposeDeal(
+                node,
+                root_word(root),
+                FixedBytes(c.root),
+                c.leaf_count,
+                epochs,
+                price88,
+            )
+            .value(price * U256::from(epochs));
+        let receipt = self.send("proposeDeal", b).await?;
+        receipt
+            .inner
+            .logs()
+            .iter()
+            .find_map(|l| l.log_decode::<CairnStorage::DealProposed>().ok())
+            .map(|l| l.inner.data.id.saturating_to::<u64>())
+            .ok_or(ChainError::Rpc {
+                call: "proposeDeal",
+                reason: "no DealProposed event in the receipt".into(),
+            })
+    }
+
+    /// Wei staked (bonded, unbonding) and owed to `who`.
+    pub async fn balances(&self, who: Address) -> Result<(U256, U256, U256), ChainError> {
+        let n = self
+            .contract
+            .nodes(who)
+            .call()
+            .await
+            .map_err(|e| from_contract("nodes", e))?;
+        let owed = self
+            .contract
+            .owed(who)
+            .call()
+            .await
+            .map_err(|e| from_contract("owed", e))?;
+        Ok((n.stake, n.unbonding, owed))
+    }
+}
+
+/// A provenance record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub root: B256,
+    pub publisher: Address,
+    pub parent: Option<B256>,
+    pub meta_hash: B256,
+    pub block: u64,
+}
+
+/// Constructor arguments of the contract.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployArgs {
+    pub min_stake: U256,
+    pub epoch_blocks: u64,
+    pub proof_window: u64,
+    pub unbonding_epochs: u64,
+    pub slash_amount: U256,
+    pub reward_bps: u16,
+    pub samples: u8,
+}
+
+impl ProofChain for Chain {
+    fn me(&self) -> Address {
+        self.me
+    }
+
+    async fn block_number(&self) -> Result<u64, ChainError> {
+        self.provider
+            .get_block_number()
+            .await
+            .map_err(rpc("eth_blockNumber"))
+    }
+
+    async fn params(&self) -> Result<Params, ChainError> {
+        let c = &self.contract;
+        let e = |n| move |err| from_contract(n, err);
+        Ok(Params {
+            genesis_block: c.genesisBlock().call().await.map_err(e("genesisBlock"))?,
+            epoch_blocks: c.epochBlocks().call().await.map_err(e("epochBlocks"))?,
+            proof_window: c.proofWindow().call().await.map_err(e("proofWindow"))?,
+            samples: c
+                .samplesPerEpoch()
+                .call()
+                .await
+                .map_err(e("samplesPerEpoch"))?,
+            slash_amount: c.slashAmount().call().await.map_err(e("slashAmount"))?,
+            reward_bps: c.rewardBps().call().await.map_err(e("rewardBps"))?,
+        })
+    }
+
+    async fn epoch_seed(&self, epoch: u64) -> Result<[u8; 32], ChainError> {
+        let s = self
+            .contract
+            .epochSeed(epoch)
+            .call()
+            .await
+            .map_err(|e| from_contract("epochSeed", e))?;
+        Ok(s.0)
+    }
+
+    async fn deal(&self, id: u64) -> Result<DealInfo, ChainError> {
+        let d = self
+            .contract
+            .deals(U256::from(id))
+            .call()
+            .await
+            .map_err(|e| from_contract("deals", e))?;
+        Ok(DealInfo {
+            id,
+            node: d.node,
+            client: d.client,
+            start: d.start,
+            epochs: u64::from(d.epochs),
+            commitment: d.commitment.0,
+            leaf_count: d.leafCount,
+            checkpoint: d.checkpoint,
+            state: d.state,
+        })
+    }
+
+    async fn deal_count(&self) -> Result<u64, ChainError> {
+        let n = self
+            .contract
+            .dealCount()
+            .call()
+            .await
+            .map_err(|e| from_contract("dealCount", e))?;
+        Ok(n.saturating_to())
+    }
+
+    async fn deals_of(&self, node: Address) -> Result<Vec<u64>, ChainError> {
+        let v = self
+            .contract
+            .dealsOf(node)
+            .call()
+            .await
+            .map_err(|e| from_contract("dealsOf", e))?;
+        Ok(v.into_iter().map(|x| x.saturating_to()).collect())
+    }
+
+    async fn sampled_deals(&self, node: Address, epoch: u64) -> Result<u64, ChainError> {
+        let n = self
+            .contract
+            .sampledDeals(node, epoch)
+            .call()
+            .await
+            .map_err(|e| from_contract("sampledDeals", e))?;
+        Ok(n.saturating_to())
+    }
+
+    async fn is_proven(&self, node: Address, epoch: u64) -> Result<bool, ChainError> {
+        self.contract
+            .isProven(node, epoch)
+            .call()
+            .await
+            .map_err(|e| from_contract("isProven", e))
+    }
+
+    async fn is_slashed(&self, node: Address, epoch: u64) -> Result<bool, ChainError> {
+        self.contract
+            .isSlashed(node, epoch)
+            .call()
+            .await
+            .map_err(|e| from_contract("isSlashed", e))
+    }
+
+    async fn accept_deal(&self, id: u64) -> Result<u64, ChainError> {
+        let r = self
+            .send("acceptDeal", self.contract.acceptDeal(U256::from(id)))
+            .await?;
+        Ok(r.gas_used)
+    }
+
+    async fn submit_proofs(&self, epoch: u64, blob: Vec<u8>) -> Result<u64, ChainError> {
+        let r = self
+            .send(
+                "submitProofs",
+                self.contract.submitProofs(epoch, blob.into()),
+            )
+            .await?;
+        Ok(r.gas_used)
+    }
+
+    async fn report_missed(&self, node: Address, epoch: u64, deal: u64) -> Result<u64, ChainError> {
+        let r = self
+            .send(
+                "reportMissed",
+                self.contract.reportMissed(node, epoch, U256::from(deal)),
+            )
+            .await?;
+        Ok(r.gas_used)
+    }
+}

@@ -1,0 +1,406 @@
+//! The node's two chain tasks. The prover accepts deals whose commitment matches what this
+//! node stores, and each epoch proves its challenged leaves, early in the window, only with
+//! proofs it has verified itself. The watcher reports other nodes' missed epochs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use cairn_proofs::challenge::{leaf, sample_value, slot};
+use cairn_proofs::tree::CHUNK_LEAVES;
+use cairn_proofs::{Proof, encode_blob, prove, verify};
+use cairn_storage::{Backend, Store};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::deals::{DealDataError, HeldData, held_data};
+use super::{ChainError, DealInfo, Params, ProofChain, word_root};
+use crate::metrics::ProofMetrics;
+
+/// Epochs back the watcher looks when it starts.
+const WATCH_HORIZON: u64 = 8;
+
+/// Why an epoch could not be proven.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ProveEpochError {
+    #[error("deal {deal}: {source}")]
+    Data {
+        deal: u64,
+        #[source]
+        source: DealDataError,
+    },
+    #[error("deal {deal}: {source}")]
+    Proof {
+        deal: u64,
+        #[source]
+        source: cairn_proofs::ProveError,
+    },
+    #[error("deal {0} is challenged but this node holds no data for it")]
+    NotHeld(u64),
+    #[error("deal {deal}: the proof of leaf {leaf} does not verify")]
+    SelfCheck { deal: u64, leaf: u64 },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+/// A deal this node proves.
+#[derive(Debug, Clone)]
+pub struct HeldDeal {
+    pub info: DealInfo,
+    /// None when an accepted deal's data could not be read (lost or corrupt).
+    pub data: Option<Arc<HeldData>>,
+}
+
+/// Build the proofs of `epoch` for `me` (pure apart from the store reads): the samples in
+/// order, each proof verified against its deal's commitment before it is accepted.
+pub fn build_epoch_proofs<B: Backend>(
+    store: &Store<B>,
+    held: &HashMap<u64, HeldDeal>,
+    sampled: &[u64],
+    seed: &[u8; 32],
+    me: &Address,
+    epoch: u64,
+    samples: u8,
+) -> Result<Vec<Proof>, ProveEpochError> {
+    let mut proofs = Vec::new();
+    if sampled.is_empty() {
+        return Ok(proofs);
+    }
+    for j in 0..samples {
+        let r = sample_value(seed, &me.0.0, epoch, j);
+        let id = sampled[slot(&r, sampled.len() as u64) as usize];
+        let Some(deal) = held.get(&id) else {
+            return Err(ProveEpochError::NotHeld(id));
+        };
+        if !deal.info.runs_in(epoch) {
+            continue; // the sample fell on an ended deal: nothing to prove
+        }
+        let Some(data) = &deal.data else {
+            return Err(ProveEpochError::NotHeld(id));
+        };
+        let index = leaf(&r, deal.info.leaf_count);
+        let chunk = data
+            .read_chunk(store, index / CHUNK_LEAVES)
+            .map_err(|source| ProveEpochError::Data { deal: id, source })?;
+        let proof = prove(&data.tree, index, &chunk)
+            .map_err(|source| ProveEpochError::Proof { deal: id, source })?;
+        let c = cairn_proofs::Commitment {
+            root: deal.info.commitment,
+            leaf_count: deal.info.leaf_count,
+        };
+        if !verify(&c, index, &proof) {
+            return Err(ProveEpochError::SelfCheck {
+                deal: id,
+                leaf: index,
+            });
+        }
+        proofs.push(proof);
+    }
+    Ok(proofs)
+}
+
+/// The prover's state; owned by its task.
+pub struct Prover<C, B: Backend> {
+    chain: C,
+    store: Store<B>,
+    metrics: ProofMetrics,
+    params: Params,
+    held: HashMap<u64, HeldDeal>,
+    /// Deals of other nodes, or refused, or ended: never looked at again.
+    skipped: HashSet<u64>,
+    scanned: u64,
+    done_epoch: Option<u64>,
+}
+
+impl<C: ProofChain, B: Backend> Prover<C, B> {
+    pub async fn new(chain: C, store: Store<B>, metrics: ProofMetrics) -> Result<Self, ChainError> {
+        let params = chain.params().await?;
+        Ok(Self {
+            chain,
+            store,
+            metrics,
+            params,
+            held: HashMap::new(),
+            skipped: HashSet::new(),
+            scanned: 0,
+            done_epoch: None,
+        })
+    }
+
+    /// Run until cancelled, polling the chain every `poll`.
+    pub async fn run(mut self, poll: Duration, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.step().await {
+                warn!(error = %e, "prover step failed; retrying");
+            }
+        }
+    }
+
+    /// One round: take up new deals, then prove the current epoch if not done yet.
+    pub async fn step(&mut self) -> Result<(), ChainError> {
+        self.scan_deals().await?;
+        let block = self.chain.block_number().await?;
+        let epoch = self.params.epoch_of(block);
+        self.metrics.current_epoch.set(epoch as i64);
+        if self.done_epoch.is_some_and(|d| d >= epoch) || block <= self.params.epoch_start(epoch) {
+            return Ok(());
+        }
+        if self.params.is_over(epoch, block + 1) {
+            // Too late for this one (the node was busy or just started).
+            self.done_epoch = Some(epoch);
+            return Ok(());
+        }
+        self.prove_epoch(epoch).await
+    }
+
+    async fn scan_deals(&mut self) -> Result<(), ChainError> {
+        let count = self.chain.deal_count().await?;
+        while self.scanned < count {
+            let id = self.scanned + 1;
+            let info = self.chain.deal(id).await?;
+            if info.node != self.chain.me() || info.state == 3 {
+                self.skipped.insert(id);
+            } else {
+                self.take_up(info).await?;
+            }
+            self.scanned = id;
+        }
+        self.metrics.deals.set(self.held.len() as i64);
+        Ok(())
+    }
+
+    /// Check a deal against the store; accept it (if proposed) when the commitment matches.
+    async fn take_up(&mut self, info: DealInfo) -> Result<(), ChainError> {
+        let id = info.id;
+        let root = word_root(&info.checkpoint);
+        let store = self.store.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let (manifest, _) = store.manifest_entry(&root)?;
+            held_data(&store, &root, &manifest).map_err(|e| match e {
+                DealDataError::Read(r) => r,
+                other => cairn_storage::ReadError::NotFound(other.to_string()),
+            })
+        })
+        .await
+        .map_err(|e| ChainError::Config(format!("deal reader failed: {e}")))?;
+        let data = match data {
+            Ok(d) => d,
+            Err(e) if info.state == 2 => {
+                error!(deal = id, %root, error = %e, "cannot read the data of a deal this node accepted");
+                self.metrics.corrupt.inc();
+                self.held.insert(id, HeldDeal { info, data: None });
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(deal = id, %root, error = %e, "cannot read the data of a deal offered to this node; not taking it");
+                self.skipped.insert(id);
+                return Ok(());
+            }
+        };
+        let c = data.commitment();
+        if c.root != info.commitment || c.leaf_count != info.leaf_count {
+            warn!(deal = id, %root, "a deal's commitment does not match the shards held here; not accepting it");
+            self.skipped.insert(id);
+            return Ok(());
+        }
+        let mut info = info;
+        if info.state == 1 {
+            match self.chain.accept_deal(id).await {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(deal = id, error = %e, "cannot accept a deal");
+                    self.skipped.insert(id);
+                    return Ok(());
+                }
+            }
+            info = self.chain.deal(id).await?;
+            info!(deal = id, %root, start = info.start, epochs = info.epochs, leaves = info.leaf_count, "deal accepted");
+        }
+        self.held.insert(
+            id,
+            HeldDeal {
+                info,
+                data: Some(Arc::new(data)),
+            },
+        );
+        Ok(())
+    }
+
+    async fn prove_epoch(&mut self, epoch: u64) -> Result<(), ChainError> {
+        let me = self.chain.me();
+        if !self.held.values().any(|d| d.info.runs_in(epoch)) {
+            self.done_epoch = Some(epoch);
+            return Ok(());
+        }
+        if self.chain.is_proven(me, epoch).await? {
+            self.done_epoch = Some(epoch);
+            return Ok(());
+        }
+        let n = self.chain.sampled_deals(me, epoch).await? as usize;
+        let mut sampled = self.chain.deals_of(me).await?;
+        sampled.truncate(n);
+        let seed = self.chain.epoch_seed(epoch).await?;
+        let samples = self.params.samples;
+        let (store, held) = (self.store.clone(), self.held.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            build_epoch_proofs(&store, &held, &sampled, &seed, &me, epoch, samples)
+        })
+        .await
+        .map_err(|e| ChainError::Config(format!("proof builder failed: {e}")))?;
+        let proofs = match built {
+            Ok(p) => p,
+            Err(e) => {
+                // Never send what did not verify here: the epoch will be reported missed.
+                error!(epoch, error = %e, "cannot prove this epoch from the data held; no proof sent");
+                if matches!(
+                    e,
+                    ProveEpochError::Data { .. } | ProveEpochError::Proof { .. }
+                ) {
+                    self.metrics.corrupt.inc();
+                }
+                self.metrics.failures.inc();
+                self.done_epoch = Some(epoch);
+                return Ok(());
+            }
+        };
+        let count = proofs.len();
+        match self.chain.submit_proofs(epoch, encode_blob(&proofs)).await {
+            Ok(gas) => {
+                self.done_epoch = Some(epoch);
+                self.metrics.epochs_proven.inc();
+                self.metrics.samples.inc_by(count as u64);
+                self.metrics.gas.inc_by(gas);
+                self.metrics.last_proven_epoch.set(epoch as i64);
+                debug!(epoch, samples = count, gas, "epoch proven");
+                Ok(())
+            }
+            Err(e) if e.reason().is_some_and(|r| r.starts_with("AlreadyProven")) => {
+                self.done_epoch = Some(epoch);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.submit_errors.inc();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Reports other nodes' missed epochs; owned by its task.
+pub struct Watcher<C> {
+    chain: C,
+    metrics: ProofMetrics,
+    params: Params,
+    /// Accepted deals of other nodes.
+    deals: Vec<DealInfo>,
+    pending: Vec<u64>,
+    scanned: u64,
+    checked: Option<u64>,
+}
+
+impl<C: ProofChain> Watcher<C> {
+    pub async fn new(chain: C, metrics: ProofMetrics) -> Result<Self, ChainError> {
+        let params = chain.params().await?;
+        Ok(Self {
+            chain,
+            metrics,
+            params,
+            deals: Vec::new(),
+            pending: Vec::new(),
+            scanned: 0,
+            checked: None,
+        })
+    }
+
+    pub async fn run(mut self, poll: Duration, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.step().await {
+                warn!(error = %e, "watcher step failed; retrying");
+            }
+        }
+    }
+
+    /// Learn new deals, then check every finished epoch not checked yet.
+    pub async fn step(&mut self) -> Result<(), ChainError> {
+        let me = self.chain.me();
+        let count = self.chain.deal_count().await?;
+        while self.scanned < count {
+            self.scanned += 1;
+            self.pending.push(self.scanned);
+        }
+        let mut still = Vec::new();
+        for id in std::mem::take(&mut self.pending) {
+            let d = self.chain.deal(id).await?;
+            match d.state {
+                1 => still.push(id),
+                2 if d.node != me => self.deals.push(d),
+                _ => {}
+            }
+        }
+        self.pending = still;
+        let block = self.chain.block_number().await?;
+        let now = self.params.epoch_of(block);
+        let last_over = if self.params.is_over(now, block) {
+            Some(now)
+        } else {
+            now.checked_sub(1)
+        };
+        let Some(last_over) = last_over else {
+            return Ok(());
+        };
+        let first = match self.checked {
+            Some(c) => c + 1,
+            None => last_over.saturating_sub(WATCH_HORIZON),
+        };
+        for epoch in first..=last_over {
+            self.check_epoch(epoch).await?;
+            self.checked = Some(epoch);
+        }
+        Ok(())
+    }
+
+    async fn check_epoch(&mut self, epoch: u64) -> Result<(), ChainError> {
+        let mut seen = HashSet::new();
+        let running: Vec<(Address, u64)> = self
+            .deals
+            .iter()
+            .filter(|d| d.runs_in(epoch) && seen.insert(d.node))
+            .map(|d| (d.node, d.id))
+            .collect();
+        for (node, deal) in running {
+            if self.chain.is_proven(node, epoch).await?
+                || self.chain.is_slashed(node, epoch).await?
+            {
+                continue;
+            }
+            match self.chain.report_missed(node, epoch, deal).await {
+                Ok(_) => {
+                    self.metrics.reported.inc();
+                    warn!(%node, epoch, deal, "reported a missed epoch");
+                }
+                // Another watcher was first, or the proof landed late in the window.
+                Err(e)
+                    if e.reason().is_some_and(|r| {
+                        r.starts_with("AlreadySlashed") || r.starts_with("EpochWasProven")
+                    }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,510 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+/// @title Cairn storage registry: stake, provenance, storage deals, per-epoch proofs, slashing.
+/// @notice Byte-level rules (tree, leaf and node hashes, challenge derivation, proof blob) are
+/// in proofs/PROOFS.md; the Rust crate `cairn-proofs` mirrors them and is tested against this
+/// contract on a real chain.
+///
+/// Money: every wei the contract holds is a node's stake (bonded or unbonding), a deal's
+/// escrow, or an account's unpaid credit (`owed`). `accounted()` returns that sum; it equals
+/// the contract's balance after every transaction. Payments go out only through `withdraw`
+/// and `withdrawUnbonded` (pull, checks-effects-interactions, reentrancy lock).
+contract CairnStorage {
+    // ---------------------------------------------------------------- parameters
+    /// Format tag of the proof blob and tree rules this contract verifies.
+    uint8 public constant PROOF_FORMAT = 1;
+    /// Largest accepted leaf count (2^40 leaves of 32 bytes = 32 TiB per deal).
+    uint64 public constant MAX_LEAVES = 1 << 40;
+    uint256 public immutable minStake;
+    /// Blocks per epoch; epoch e starts at block genesisBlock + e * epochBlocks.
+    uint64 public immutable epochBlocks;
+    /// Proofs for epoch e are accepted in blocks (start(e), start(e) + proofWindow], within
+    /// the epoch (proofWindow < epochBlocks).
+    uint64 public immutable proofWindow;
+    /// Epochs between a withdrawal request and the withdrawal.
+    uint64 public immutable unbondingEpochs;
+    /// Wei taken from a node's stake for one missed epoch.
+    uint256 public immutable slashAmount;
+    /// Share of a slash credited to the reporter, in basis points; the rest to the client.
+    uint16 public immutable rewardBps;
+    /// Challenged samples per node and epoch (independent of deals and bytes stored).
+    uint8 public immutable samplesPerEpoch;
+    uint64 public immutable genesisBlock;
+
+    // ---------------------------------------------------------------- state
+    struct Node {
+        uint256 stake;
+        uint256 unbonding;
+        uint64 unbondingEpoch; // first epoch in which `unbonding` may be withdrawn
+        uint64 lastEnd; // first epoch after every accepted deal
+        uint64 appendEpoch; // epoch of the last deal accepted
+        uint32 lenBefore; // deal count before the first deal accepted in appendEpoch
+        bool registered;
+    }
+
+    /// Packed into four slots; the two a challenge reads come first.
+    struct Deal {
+        address node;
+        uint64 start; // first epoch proven; 0 until accepted
+        uint32 epochs;
+        bytes16 commitment;
+        uint64 leafCount;
+        uint64 settled; // epochs settled so far
+        address client;
+        uint8 state;
+        uint88 pricePerEpoch;
+        bytes32 checkpoint;
+    }
+
+    uint8 internal constant PROPOSED = 1;
+    uint8 internal constant ACTIVE = 2;
+    uint8 internal constant CANCELLED = 3;
+
+    struct Record {
+        address publisher;
+        uint64 blockNumber;
+        bytes32 parent;
+        bytes32 metaHash;
+    }
+
+    mapping(address => Node) public nodes;
+    mapping(address => uint256[]) internal nodeDeals;
+    mapping(uint256 => Deal) public deals;
+    uint256 public dealCount;
+    mapping(bytes32 => Record) public records;
+    mapping(address => uint256) public owed;
+    mapping(address => mapping(uint256 => uint256)) internal provenBits;
+    mapping(address => mapping(uint256 => uint256)) internal slashedBits;
+
+    uint256 public totalStake; // bonded and unbonding
+    uint256 public totalEscrow;
+    uint256 public totalOwed;
+    uint256 private locked = 1;
+
+    // ---------------------------------------------------------------- events
+    event NodeRegistered(address indexed node, uint256 stake);
+    event StakeAdded(address indexed node, uint256 amount);
+    event WithdrawalRequested(address indexed node, uint256 amount, uint64 availableEpoch);
+    event StakeWithdrawn(address indexed node, uint256 amount);
+    event NodeExited(address indexed node);
+    event Published(bytes32 indexed root, bytes32 indexed parent, address indexed publisher, bytes32 metaHash);
+    event DealProposed(
+        uint256 indexed id,
+        address indexed client,
+        address indexed node,
+        bytes32 checkpoint,
+        bytes16 commitment,
+        uint64 leafCount,
+        uint32 epochs,
+        uint256 pricePerEpoch
+    );
+    event DealAccepted(uint256 indexed id, address indexed node, uint64 startEpoch, uint64 endEpoch);
+    event DealCancelled(uint256 indexed id);
+    event EpochProven(address indexed node, uint64 indexed epoch, uint256 samples);
+    event DealSettled(uint256 indexed id, uint64 paidEpochs, uint64 refundedEpochs);
+    event Slashed(address indexed node, uint64 indexed epoch, address indexed reporter, uint256 amount, uint256 reward);
+    event Withdrawn(address indexed account, uint256 amount);
+
+    // ---------------------------------------------------------------- errors
+    error BadParameters();
+    error StakeTooLow(uint256 given, uint256 minimum);
+    error AlreadyRegistered();
+    error NotRegistered();
+    error InsufficientStake(uint256 stake);
+    error StillUnbonding(uint64 availableEpoch);
+    error NothingToWithdraw();
+    error HasActiveDeals(uint64 lastEpoch);
+    error ZeroRoot();
+    error AlreadyPublished();
+    error UnknownParent();
+    error UnknownCheckpoint();
+    error InvalidDeal();
+    error WrongPayment(uint256 expected);
+    error UnknownDeal();
+    error NotDealClient();
+    error NotDealNode();
+    error DealNotProposed();
+    error DealNotActive();
+    error OutsideProofWindow(uint64 epoch);
+    error AlreadyProven();
+    error MalformedProof();
+    error BadProof(uint256 sample);
+    error EpochNotOver();
+    error EpochWasProven();
+    error AlreadySlashed();
+    error TransferFailed();
+    error Reentrancy();
+
+    modifier nonReentrant() {
+        if (locked != 1) revert Reentrancy();
+        locked = 2;
+        _;
+        locked = 1;
+    }
+
+    constructor(
+        uint256 minStake_,
+        uint64 epochBlocks_,
+        uint64 proofWindow_,
+        uint64 unbondingEpochs_,
+        uint256 slashAmount_,
+        uint16 rewardBps_,
+        uint8 samplesPerEpoch_
+    ) {
+        // The seed of an epoch is a block hash, readable for 256 blocks only; proofs of an
+        // epoch arrive within it, so the deals it samples are fixed when it starts.
+        if (
+            proofWindow_ == 0 || proofWindow_ >= epochBlocks_ || proofWindow_ > 255 || rewardBps_ > 10_000
+                || samplesPerEpoch_ == 0 || minStake_ == 0 || slashAmount_ == 0
+        ) revert BadParameters();
+        minStake = minStake_;
+        epochBlocks = epochBlocks_;
+        proofWindow = proofWindow_;
+        unbondingEpochs = unbondingEpochs_;
+        slashAmount = slashAmount_;
+        rewardBps = rewardBps_;
+        samplesPerEpoch = samplesPerEpoch_;
+        genesisBlock = uint64(block.number);
+    }
+
+    // ---------------------------------------------------------------- time
+    function currentEpoch() public view returns (uint64) {
+        return uint64((block.number - genesisBlock) / epochBlocks);
+    }
+
+    function epochStart(uint64 epoch) public view returns (uint64) {
+        return genesisBlock + epoch * epochBlocks;
+    }
+
+    /// Seed of an epoch's challenges: the hash of its first block, unknown before it starts.
+    function epochSeed(uint64 epoch) public view returns (bytes32) {
+        return blockhash(epochStart(epoch));
+    }
+
+    // ---------------------------------------------------------------- nodes
+    function register() external payable {
+        Node storage n = nodes[msg.sender];
+        if (n.registered) revert AlreadyRegistered();
+        if (msg.value < minStake) revert StakeTooLow(msg.value, minStake);
+        n.registered = true;
+        n.stake += msg.value;
+        totalStake += msg.value;
+        emit NodeRegistered(msg.sender, msg.value);
+    }
+
+    function topUp() external payable {
+        Node storage n = nodes[msg.sender];
+        if (!n.registered) revert NotRegistered();
+        n.stake += msg.value;
+        totalStake += msg.value;
+        emit StakeAdded(msg.sender, msg.value);
+    }
+
+    /// Move `amount` of bonded stake to unbonding. While deals are running the bonded stake
+    /// stays at least `minStake`. Unbonding stake can still be slashed.
+    function requestWithdrawal(uint256 amount) external {
+        Node storage n = nodes[msg.sender];
+        if (!n.registered) revert NotRegistered();
+        if (amount == 0 || amount > n.stake) revert InsufficientStake(n.stake);
+        uint64 now_ = currentEpoch();
+        if (now_ < n.lastEnd && n.stake - amount < minStake) revert StakeTooLow(n.stake - amount, minStake);
+        _unbond(n, amount, now_);
+    }
+
+    /// Leave the registry: all stake starts unbonding. Only once every deal has ended.
+    function exit() external {
+        Node storage n = nodes[msg.sender];
+        if (!n.registered) revert NotRegistered();
+        uint64 now_ = currentEpoch();
+        if (now_ < n.lastEnd) revert HasActiveDeals(n.lastEnd);
+        n.registered = false;
+        if (n.stake > 0) _unbond(n, n.stake, now_);
+        emit NodeExited(msg.sender);
+    }
+
+    function _unbond(Node storage n, uint256 amount, uint64 now_) internal {
+        n.stake -= amount;
+        n.unbonding += amount;
+        n.unbondingEpoch = now_ + unbondingEpochs;
+        emit WithdrawalRequested(msg.sender, amount, n.unbondingEpoch);
+    }
+
+    function withdrawUnbonded() external nonReentrant {
+        Node storage n = nodes[msg.sender];
+        uint256 amount = n.unbonding;
+        if (amount == 0) revert NothingToWithdraw();
+        if (currentEpoch() < n.unbondingEpoch) revert StillUnbonding(n.unbondingEpoch);
+        n.unbonding = 0;
+        totalStake -= amount;
+        emit StakeWithdrawn(msg.sender, amount);
+        _send(msg.sender, amount);
+    }
+
+    /// Pay out everything credited to the caller (deal payments, slash rewards, refunds).
+    function withdraw() external nonReentrant {
+        uint256 amount = owed[msg.sender];
+        if (amount == 0) revert NothingToWithdraw();
+        owed[msg.sender] = 0;
+        totalOwed -= amount;
+        emit Withdrawn(msg.sender, amount);
+        _send(msg.sender, amount);
+    }
+
+    function _send(address to, uint256 amount) internal {
+        (bool ok,) = payable(to).call{value: amount}("");
+        if (!ok) revert TransferFailed();
+    }
+
+    // ---------------------------------------------------------------- provenance
+    /// Record a checkpoint (the 32-byte BLAKE3 digest of its root CID), its parent (zero for
+    /// a base checkpoint) and a metadata hash. Records are append-only.
+    function publish(bytes32 root, bytes32 parent, bytes32 metaHash) external {
+        _publish(root, parent, metaHash);
+    }
+
+    function _publish(bytes32 root, bytes32 parent, bytes32 metaHash) internal {
+        if (root == bytes32(0)) revert ZeroRoot();
+        if (records[root].publisher != address(0)) revert AlreadyPublished();
+        if (parent != bytes32(0) && records[parent].publisher == address(0)) revert UnknownParent();
+        records[root] = Record(msg.sender, uint64(block.number), parent, metaHash);
+        emit Published(root, parent, msg.sender, metaHash);
+    }
+
+    /// Publish a checkpoint and propose one deal per storing node in one transaction (what a
+    /// put does). `msg.value` pays every deal: nodes.length * epochs * pricePerEpoch.
+    function publishWithDeals(
+        bytes32 root,
+        bytes32 parent,
+        bytes32 metaHash,
+        address[] calldata nodes_,
+        bytes16[] calldata commitments,
+        uint64[] calldata leafCounts,
+        uint32 epochs,
+        uint88 pricePerEpoch
+    ) external payable returns (uint256 firstId) {
+        if (nodes_.length != commitments.length || nodes_.length != leafCounts.length) revert InvalidDeal();
+        _publish(root, parent, metaHash);
+        uint256 total = nodes_.length * uint256(epochs) * pricePerEpoch;
+        if (msg.value != total) revert WrongPayment(total);
+        firstId = dealCount + 1;
+        for (uint256 i = 0; i < nodes_.length; i++) {
+            _propose(nodes_[i], root, commitments[i], leafCounts[i], epochs, pricePerEpoch);
+        }
+    }
+
+    // ---------------------------------------------------------------- deals
+    /// Escrow `epochs * pricePerEpoch` for `node` to hold the data committed to by
+    /// `commitment` (tree root over `leafCount` 32-byte leaves) of a published checkpoint.
+    function proposeDeal(
+        address node,
+        bytes32 checkpoint,
+        bytes16 commitment,
+        uint64 leafCount,
+        uint32 epochs,
+        uint88 pricePerEpoch
+    ) external payable returns (uint256 id) {
+        uint256 total = uint256(epochs) * pricePerEpoch;
+        if (msg.value != total) revert WrongPayment(total);
+        id = _propose(node, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
+    }
+
+    function _propose(
+        address node,
+        bytes32 checkpoint,
+        bytes16 commitment,
+        uint64 leafCount,
+        uint32 epochs,
+        uint88 pricePerEpoch
+    ) internal returns (uint256 id) {
+        if (!nodes[node].registered) revert NotRegistered();
+        if (records[checkpoint].publisher == address(0)) revert UnknownCheckpoint();
+        if (leafCount == 0 || leafCount > MAX_LEAVES || epochs == 0 || pricePerEpoch == 0) revert InvalidDeal();
+        id = ++dealCount;
+        deals[id] = Deal(node, 0, epochs, commitment, leafCount, 0, msg.sender, PROPOSED, pricePerEpoch, checkpoint);
+        totalEscrow += uint256(epochs) * pricePerEpoch;
+        emit DealProposed(id, msg.sender, node, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
+    }
+
+    /// The client takes back a deal the node has not accepted.
+    function cancelDeal(uint256 id) external {
+        Deal storage d = _deal(id);
+        if (d.client != msg.sender) revert NotDealClient();
+        if (d.state != PROPOSED) revert DealNotProposed();
+        d.state = CANCELLED;
+        uint256 total = uint256(d.epochs) * d.pricePerEpoch;
+        totalEscrow -= total;
+        _credit(d.client, total);
+        emit DealCancelled(id);
+    }
+
+    /// The node agrees to prove the deal from the next epoch on. Only after this can a
+    /// challenge hit it or a missed epoch be reported.
+    function acceptDeal(uint256 id) external {
+        Deal storage d = _deal(id);
+        if (d.node != msg.sender) revert NotDealNode();
+        if (d.state != PROPOSED) revert DealNotProposed();
+        Node storage n = nodes[msg.sender];
+        if (!n.registered) revert NotRegistered();
+        if (n.stake < minStake) revert StakeTooLow(n.stake, minStake);
+        uint64 now_ = currentEpoch();
+        // Challenges of the current epoch sample the deals held when it started.
+        if (n.appendEpoch != now_) {
+            n.appendEpoch = now_;
+            n.lenBefore = uint32(nodeDeals[msg.sender].length);
+        }
+        nodeDeals[msg.sender].push(id);
+        d.state = ACTIVE;
+        d.start = now_ + 1;
+        uint64 end = d.start + d.epochs;
+        if (end > n.lastEnd) n.lastEnd = end;
+        emit DealAccepted(id, msg.sender, d.start, end);
+    }
+
+    /// Pay the node for proven epochs and refund the client for the others, for up to
+    /// `maxEpochs` finished epochs of the deal. Anyone may call.
+    function settle(uint256 id, uint64 maxEpochs) external {
+        Deal storage d = _deal(id);
+        if (d.state != ACTIVE) revert DealNotActive();
+        uint64 from = d.settled;
+        uint64 upto = d.epochs;
+        uint64 now_ = currentEpoch();
+        // Epochs whose proof window has closed.
+        uint64 finished = block.number > epochStart(now_) + proofWindow ? now_ + 1 : now_;
+        if (finished <= d.start) return;
+        if (finished - d.start < upto) upto = finished - d.start;
+        if (upto - from > maxEpochs) upto = from + maxEpochs;
+        if (upto <= from) return;
+        uint64 paid;
+        for (uint64 i = from; i < upto; i++) {
+            if (isProven(d.node, d.start + i)) paid++;
+        }
+        uint64 count = upto - from;
+        d.settled = upto;
+        totalEscrow -= uint256(count) * d.pricePerEpoch;
+        if (paid > 0) _credit(d.node, uint256(paid) * d.pricePerEpoch);
+        if (count > paid) _credit(d.client, uint256(count - paid) * d.pricePerEpoch);
+        emit DealSettled(id, paid, count - paid);
+    }
+
+    function _credit(address to, uint256 amount) internal {
+        owed[to] += amount;
+        totalOwed += amount;
+    }
+
+    function _deal(uint256 id) internal view returns (Deal storage d) {
+        d = deals[id];
+        if (d.state == 0) revert UnknownDeal();
+    }
+
+    function dealsOf(address node) external view returns (uint256[] memory) {
+        return nodeDeals[node];
+    }
+
+    // ---------------------------------------------------------------- challenges and proofs
+    /// Number of deals the challenges of `epoch` sample from for `node` (the deals it had
+    /// accepted before the epoch started). Exact for the current and later epochs.
+    function sampledDeals(address node, uint64 epoch) public view returns (uint256) {
+        Node storage n = nodes[node];
+        if (n.appendEpoch == epoch) return n.lenBefore;
+        return nodeDeals[node].length;
+    }
+
+    /// Sample `j` of `node` in `epoch`: the deal it falls on (0 when it falls on a deal not
+    /// running in that epoch: nothing to prove) and the leaf index.
+    function challenge(address node, uint64 epoch, uint256 j) public view returns (uint256 dealId, uint64 leaf) {
+        uint256 len = sampledDeals(node, epoch);
+        if (len == 0) return (0, 0);
+        uint256 r = uint256(sha256(abi.encodePacked(epochSeed(epoch), node, epoch, uint8(j))));
+        dealId = nodeDeals[node][r % len];
+        Deal storage d = deals[dealId];
+        if (d.start == 0 || epoch < d.start || epoch >= d.start + d.epochs) return (0, 0);
+        leaf = uint64((r >> 128) % d.leafCount);
+    }
+
+    /// Prove `epoch` for the caller: for every sample that falls on a running deal, in sample
+    /// order, the 32-byte leaf followed by its tree path (16-byte siblings, bottom up).
+    function submitProofs(uint64 epoch, bytes calldata blob) external {
+        if (block.number <= epochStart(epoch) || block.number > epochStart(epoch) + proofWindow) {
+            revert OutsideProofWindow(epoch);
+        }
+        if (isProven(msg.sender, epoch)) revert AlreadyProven();
+        uint256 used = _verifyAll(msg.sender, epoch, blob);
+        provenBits[msg.sender][epoch >> 8] |= 1 << (epoch & 255);
+        emit EpochProven(msg.sender, epoch, used);
+    }
+
+    function _verifyAll(address node, uint64 epoch, bytes calldata blob) internal view returns (uint256 used) {
+        uint256 offset;
+        for (uint256 j = 0; j < samplesPerEpoch; j++) {
+            (uint256 dealId, uint64 leaf) = challenge(node, epoch, j);
+            if (dealId == 0) continue;
+            Deal storage d = deals[dealId];
+            uint256 depth = _depth(d.leafCount);
+            uint256 size = 32 + depth * 16;
+            if (blob.length < offset + size) revert MalformedProof();
+            if (!_verifyOne(blob[offset:offset + size], leaf, depth, d.commitment)) revert BadProof(j);
+            offset += size;
+            used++;
+        }
+        if (offset != blob.length) revert MalformedProof();
+    }
+
+    function _verifyOne(bytes calldata p, uint64 index, uint256 depth, bytes16 root) internal pure returns (bool) {
+        bytes16 h = bytes16(sha256(abi.encodePacked(bytes1(0x00), p[0:32])));
+        for (uint256 i = 0; i < depth; i++) {
+            bytes16 sib = bytes16(p[32 + i * 16:48 + i * 16]);
+            h = (index & 1) == 0
+                ? bytes16(sha256(abi.encodePacked(bytes1(0x01), h, sib)))
+                : bytes16(sha256(abi.encodePacked(bytes1(0x01), sib, h)));
+            index >>= 1;
+        }
+        return h == root;
+    }
+
+    function _depth(uint64 leafCount) internal pure returns (uint256 d) {
+        while ((uint256(1) << d) < leafCount) d++;
+    }
+
+    function isProven(address node, uint64 epoch) public view returns (bool) {
+        return provenBits[node][epoch >> 8] & (1 << (epoch & 255)) != 0;
+    }
+
+    function isSlashed(address node, uint64 epoch) public view returns (bool) {
+        return slashedBits[node][epoch >> 8] & (1 << (epoch & 255)) != 0;
+    }
+
+    // ---------------------------------------------------------------- missed epochs
+    /// Report that `node` did not prove `epoch`, in which its deal `dealId` was running.
+    /// The node loses up to `slashAmount` (bonded stake first, then unbonding); the reporter
+    /// is credited `rewardBps` of it and the deal's client the rest. Once per node and epoch.
+    function reportMissed(address node, uint64 epoch, uint256 dealId) external {
+        Deal storage d = _deal(dealId);
+        if (d.node != node) revert NotDealNode();
+        if (d.start == 0 || epoch < d.start || epoch >= d.start + d.epochs) revert DealNotActive();
+        if (block.number <= epochStart(epoch) + proofWindow) revert EpochNotOver();
+        if (isProven(node, epoch)) revert EpochWasProven();
+        if (isSlashed(node, epoch)) revert AlreadySlashed();
+        slashedBits[node][epoch >> 8] |= 1 << (epoch & 255);
+        Node storage n = nodes[node];
+        uint256 amount = slashAmount;
+        if (amount > n.stake + n.unbonding) amount = n.stake + n.unbonding;
+        if (amount <= n.stake) {
+            n.stake -= amount;
+        } else {
+            n.unbonding -= amount - n.stake;
+            n.stake = 0;
+        }
+        totalStake -= amount;
+        uint256 reward = amount * rewardBps / 10_000;
+        _credit(msg.sender, reward);
+        _credit(d.client, amount - reward);
+        emit Slashed(node, epoch, msg.sender, amount, reward);
+    }
+
+    // ---------------------------------------------------------------- accounting
+    /// Sum of all stakes, escrows and unpaid credits: equals address(this).balance.
+    function accounted() external view returns (uint256) {
+        return totalStake + totalEscrow + totalOwed;
+    }
+}
