@@ -1,0 +1,453 @@
+//! Proofs of storage end to end: a devnet of node processes with a real anvil chain and the
+//! real contract. Nodes accept the deals a put makes, prove every epoch, report each other's
+//! missed epochs; a corrupt shard is never proven; lineage comes back from chain.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider;
+use alloy::rpc::types::{Filter, Log};
+use alloy::sol_types::SolEvent;
+use cairn_erasure::Manifest;
+use cairn_node::chain::{CairnStorage, Chain, ProofChain};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+const NODES: usize = 8;
+const EPOCH_BLOCKS: u64 = 4;
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run cairn")
+}
+
+/// Stops the devnet (nodes, anvil) however the test ends.
+struct Devnet {
+    dir: PathBuf,
+    state: serde_json::Value,
+}
+
+impl Devnet {
+    fn up(dir: &Path) -> Devnet {
+        let d = dir.to_str().expect("utf-8 path");
+        let out = cli(&[
+            "devnet",
+            "up",
+            "--dir",
+            d,
+            "--nodes",
+            "8",
+            "--k",
+            "4",
+            "--m",
+            "2",
+            "--stripe-size",
+            "4194304",
+            "--epoch-blocks",
+            "4",
+        ]);
+        let mut net = Devnet {
+            dir: dir.to_owned(),
+            state: serde_json::Value::Null,
+        };
+        ok(out);
+        net.state = serde_json::from_slice(&std::fs::read(dir.join("devnet.json")).expect("state"))
+            .expect("json");
+        net
+    }
+
+    fn url(&self, i: usize) -> String {
+        self.state["nodes"][i]["http"]
+            .as_str()
+            .expect("url")
+            .to_owned()
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.state["nodes"][i]["pid"].as_u64().expect("pid") as u32
+    }
+
+    fn account(&self, i: usize) -> Address {
+        self.state["chain"]["accounts"][i + 1]
+            .as_str()
+            .expect("account")
+            .parse()
+            .expect("address")
+    }
+
+    /// A chain client with the deployer's key (it only reads here).
+    fn chain(&self) -> Chain {
+        let c = &self.state["chain"];
+        Chain::connect(
+            c["rpc"].as_str().expect("rpc"),
+            c["contract"].as_str().expect("contract"),
+            c["keys"][0].as_str().expect("key"),
+        )
+        .expect("chain client")
+    }
+
+    fn node_index(&self, account: Address) -> usize {
+        (0..NODES)
+            .find(|&i| self.account(i) == account)
+            .expect("a devnet account")
+    }
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        if self.dir.join("devnet.json").exists() {
+            let _ = cli(&[
+                "devnet",
+                "down",
+                "--dir",
+                self.dir.to_str().unwrap_or_default(),
+            ]);
+        }
+    }
+}
+
+fn put(url: &str, path: &Path, parent: Option<&str>) -> String {
+    let mut args = vec!["--node", url, "put", path.to_str().expect("utf-8")];
+    if let Some(p) = parent {
+        args.extend(["--parent", p]);
+    }
+    ok(cli(&args)).trim().to_owned()
+}
+
+async fn manifest_of(url: &str, root: &str) -> Manifest {
+    let bytes = reqwest::Client::new()
+        .get(format!("{url}/v1/checkpoints/{root}"))
+        .header("accept", "application/vnd.ipld.dag-cbor")
+        .send()
+        .await
+        .expect("manifest")
+        .bytes()
+        .await
+        .expect("body");
+    Manifest::decode(&bytes).expect("manifest decodes")
+}
+
+async fn holds(url: &str, shard: &str) -> bool {
+    let v: serde_json::Value = reqwest::get(format!("{url}/v1/shards/{shard}"))
+        .await
+        .expect("shard status")
+        .json()
+        .await
+        .expect("json");
+    v["status"] == "ok"
+}
+
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from {url}/metrics"))
+}
+
+async fn logs<E: SolEvent>(chain: &Chain, from: u64) -> Vec<(Log, E)> {
+    let filter = Filter::new()
+        .address(*chain.contract().address())
+        .event_signature(E::SIGNATURE_HASH)
+        .from_block(from);
+    chain
+        .provider()
+        .get_logs(&filter)
+        .await
+        .expect("logs")
+        .into_iter()
+        .map(|l| {
+            let e = E::decode_log_data(l.data()).expect("event decodes");
+            (l, e)
+        })
+        .collect()
+}
+
+async fn wait_block(chain: &Chain, block: u64) {
+    let deadline = Instant::now()
+        + Duration::from_secs(
+            block.saturating_sub(chain.block_number().await.expect("block")) * 3 + 30,
+        );
+    while chain.block_number().await.expect("block") < block {
+        assert!(
+            Instant::now() < deadline,
+            "the chain stopped before block {block}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The one devnet test (a devnet takes a while to start): acceptance points 1, 2, 3 and 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let net = Devnet::up(&tmp.path().join("devnet"));
+    let chain = net.chain();
+    let params = chain.params().await.expect("params");
+    assert_eq!(params.epoch_blocks, EPOCH_BLOCKS);
+
+    // A base checkpoint (a real model folder), a fine-tune of it (one small file: one stripe,
+    // one shard per storing node) and a fine-tune of that.
+    let base_dir = tmp.path().join("base");
+    cairn_node::sample::write_sample(&base_dir, 24 << 20, 11).expect("sample");
+    let ft_file = tmp.path().join("ft1.safetensors");
+    std::fs::write(
+        &ft_file,
+        (0..3_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .expect("ft1");
+    let ft2_file = tmp.path().join("ft2.safetensors");
+    std::fs::write(
+        &ft2_file,
+        (0..1_000_000u32)
+            .map(|i| (i % 241) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .expect("ft2");
+    let gateway = net.url(0);
+    let first_block = chain.block_number().await.expect("block");
+    let base = put(&gateway, &base_dir, None);
+    let ft1 = put(&gateway, &ft_file, Some(&base));
+    let ft2 = put(&gateway, &ft2_file, Some(&ft1));
+
+    // 5. The lineage of the newest fine-tune goes back to the base.
+    let log = ok(cli(&["--node", &net.url(3), "log", &ft2]));
+    let order: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("published"))
+        .map(|l| l.split_whitespace().next().expect("root"))
+        .collect();
+    assert_eq!(
+        order,
+        [ft2.as_str(), ft1.as_str(), base.as_str()],
+        "lineage:\n{log}"
+    );
+    assert!(log.contains("(base)"), "{log}");
+
+    // Every storing node accepts its deals (it checks the commitment against its shards).
+    let proposed = logs::<CairnStorage::DealProposed>(&chain, first_block).await;
+    assert!(
+        proposed.len() >= 3 * 6,
+        "deals proposed: {}",
+        proposed.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let deals = loop {
+        let mut all = Vec::new();
+        for (_, p) in &proposed {
+            all.push(chain.deal(p.id.to::<u64>()).await.expect("deal"));
+        }
+        if all.iter().all(|d| d.state == 2) {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deals not accepted: {:?}",
+            all.iter().filter(|d| d.state != 2).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let storing: BTreeSet<Address> = deals.iter().map(|d| d.node).collect();
+    assert!(
+        storing.len() >= 6,
+        "deals spread over {} nodes",
+        storing.len()
+    );
+
+    // 1. Five epochs in which every storing node has running deals: each proves each one.
+    let first = deals.iter().map(|d| d.start).max().expect("deals");
+    let last = first + 4;
+    wait_block(&chain, params.epoch_start(last + 1) + 1).await;
+    let proven = logs::<CairnStorage::EpochProven>(&chain, first_block).await;
+    let mut per_node: BTreeMap<Address, BTreeSet<u64>> = BTreeMap::new();
+    for (_, e) in &proven {
+        per_node.entry(e.node).or_default().insert(e.epoch);
+    }
+    for node in &storing {
+        let epochs = per_node.get(node).cloned().unwrap_or_default();
+        for e in first..=last {
+            assert!(
+                epochs.contains(&e),
+                "node {} did not prove epoch {e}: proved {epochs:?}",
+                net.node_index(*node)
+            );
+        }
+    }
+    let slashed_before = logs::<CairnStorage::Slashed>(&chain, first_block).await;
+    assert!(
+        slashed_before.is_empty(),
+        "missed epochs while all nodes run: {slashed_before:?}"
+    );
+
+    // 3. Corrupt the ft1 shard of one storing node (not the gateway): it must not prove from
+    // it, and the epoch gets reported.
+    let ft1_manifest = manifest_of(&gateway, &ft1).await;
+    let mut corrupt_at = None;
+    for cid in ft1_manifest.shard_cids() {
+        for i in 1..NODES {
+            if holds(&net.url(i), &cid.to_string()).await {
+                corrupt_at = Some((i, *cid));
+            }
+        }
+    }
+    let (bad, shard) = corrupt_at.expect("ft1 is stored outside the gateway");
+    let file_name: String = shard
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let node_dir = PathBuf::from(net.state["nodes"][bad]["dir"].as_str().expect("dir"));
+    let file = walk(&node_dir)
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy() == file_name)
+        })
+        .expect("the shard's file");
+    let len = std::fs::metadata(&file).expect("meta").len() as usize;
+    std::fs::write(&file, vec![0x5a; len]).expect("corrupt");
+
+    // 2. Stop another storing node.
+    let stopped = (1..NODES)
+        .find(|&i| i != bad && storing.contains(&net.account(i)))
+        .expect("another storing node");
+    let stopped_account = net.account(stopped);
+    let stop_block = chain.block_number().await.expect("block");
+    let (stake_before, _, _) = chain.balances(stopped_account).await.expect("stake");
+    let owed_before: Vec<U256> = {
+        let mut v = Vec::new();
+        for i in 0..NODES {
+            v.push(chain.balances(net.account(i)).await.expect("owed").2);
+        }
+        v
+    };
+    let _ = Command::new("kill")
+        .args(["-KILL", &net.pid(stopped).to_string()])
+        .status();
+    let stop_epoch = params.epoch_of(stop_block);
+
+    // The stopped node's first missed epoch is reported within two epochs; the corrupt node's
+    // failing epoch too.
+    let deadline = Instant::now() + Duration::from_secs(EPOCH_BLOCKS * 12 + 60);
+    let (stopped_slash, bad_slash) = loop {
+        let slashed = logs::<CairnStorage::Slashed>(&chain, stop_block).await;
+        let of = |a: Address| slashed.iter().find(|(_, e)| e.node == a).cloned();
+        if let (Some(s), Some(b)) = (of(stopped_account), of(net.account(bad))) {
+            break (s, b);
+        }
+        assert!(Instant::now() < deadline, "no report yet: {slashed:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let missed = stopped_slash.1.epoch;
+    assert!(
+        missed >= stop_epoch,
+        "slashed for epoch {missed}, stopped in {stop_epoch}"
+    );
+    assert!(
+        !chain
+            .is_proven(stopped_account, missed)
+            .await
+            .expect("proven")
+    );
+    let reported_in = stopped_slash.0.block_number.expect("mined");
+    assert!(
+        reported_in <= params.epoch_start(missed + 2),
+        "epoch {missed} reported in block {reported_in}, after epoch {}",
+        missed + 2
+    );
+    assert_ne!(stopped_slash.1.reporter, stopped_account);
+    assert_eq!(stopped_slash.1.amount, params.slash_amount);
+
+    // Stake down by the slash amount per reported epoch; reporters up by their rewards (and
+    // the publisher, the deals' client, by the rest), read at one block.
+    let at = chain.block_number().await.expect("block");
+    let slashed = logs::<CairnStorage::Slashed>(&chain, stop_block).await;
+    let slashed: Vec<_> = slashed
+        .into_iter()
+        .filter(|(l, _)| l.block_number.is_some_and(|b| b <= at))
+        .collect();
+    let c = chain.contract();
+    let node_at = c
+        .nodes(stopped_account)
+        .call()
+        .block(at.into())
+        .await
+        .expect("node");
+    let times = slashed
+        .iter()
+        .filter(|(_, e)| e.node == stopped_account)
+        .count();
+    assert_eq!(
+        stake_before - node_at.stake,
+        params.slash_amount * U256::from(times)
+    );
+    let publisher = net.account(0);
+    for i in 0..NODES {
+        let a = net.account(i);
+        let mut expected = U256::ZERO;
+        for (_, e) in &slashed {
+            if e.reporter == a {
+                expected += e.reward;
+            }
+            if publisher == a {
+                expected += e.amount - e.reward;
+            }
+        }
+        let owed = c.owed(a).call().block(at.into()).await.expect("owed");
+        assert_eq!(owed - owed_before[i], expected, "node {i}'s credit");
+    }
+    let reporter = net.node_index(stopped_slash.1.reporter);
+    assert!(metric(&net.url(reporter), "cairn_proof_missed_reported_total").await >= 1.0);
+
+    // The corrupt node never sent a proof that failed: it counted the corruption instead.
+    let bad_url = net.url(bad);
+    assert!(metric(&bad_url, "cairn_proof_corrupt_data_total").await >= 1.0);
+    assert_eq!(
+        metric(&bad_url, "cairn_proof_submit_errors_total").await,
+        0.0
+    );
+    assert!(
+        !chain
+            .is_proven(net.account(bad), bad_slash.1.epoch)
+            .await
+            .expect("proven")
+    );
+    let log = std::fs::read_to_string(node_dir.join("node.log")).expect("node log");
+    assert!(
+        log.contains("no proof sent"),
+        "the node did not log the corruption:\n{log}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
