@@ -7,7 +7,8 @@ const path = require('path');
 const solc = require('solc');
 
 const root = path.join(__dirname, '..');
-const sources = ['CairnStorage.sol'];
+// The contract, and a test-only account that attacks its payments (used by the tests).
+const sources = ['CairnStorage.sol', 'test/Attacker.sol'];
 const input = {
   language: 'Solidity',
   sources: Object.fromEntries(

@@ -1,0 +1,900 @@
+//! The CairnStorage contract's rules, each against a real anvil: registry and unbonding,
+//! provenance, deals, challenges and proofs (built by `cairn-proofs`), payment per proven
+//! epoch, missed-epoch slashing, every custom error, reentrancy, and the accounting invariant
+//! after a random sequence of operations.
+
+use alloy::node_bindings::{Anvil, AnvilInstance};
+use alloy::primitives::{Address, B256, Bytes, FixedBytes, U256};
+use alloy::providers::Provider;
+use alloy::providers::ext::AnvilApi;
+use alloy::sol_types::{SolCall, SolError};
+use cairn_node::chain::{CairnStorage, Chain, ChainError, DeployArgs, ProofChain, provider};
+use cairn_proofs::tree::{CHUNK_LEAVES, CHUNK_SIZE, shard_chunk_roots};
+use cairn_proofs::{Commitment, Proof, UpperTree, encode_blob, prove};
+
+mod attacker {
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        Attacker,
+        "../proofs/artifacts/Attacker.json"
+    );
+}
+use attacker::Attacker;
+
+const EPOCH: u64 = 10;
+const WINDOW: u64 = 5;
+const UNBONDING: u64 = 2;
+const SAMPLES: u8 = 4;
+
+fn eth(n: u64) -> U256 {
+    U256::from(n) * U256::from(10u64).pow(U256::from(18u64))
+}
+
+fn slash() -> U256 {
+    eth(1) / U256::from(10u64)
+}
+
+fn anvil_bin() -> String {
+    std::env::var("CAIRN_ANVIL").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../proofs/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+        )
+        .to_owned()
+    })
+}
+
+/// A fresh chain (mining only when asked) with the contract deployed by account 0.
+struct Env {
+    anvil: AnvilInstance,
+    contract: Address,
+}
+
+impl Env {
+    async fn new() -> Env {
+        Self::with(DeployArgs {
+            min_stake: eth(1),
+            epoch_blocks: EPOCH,
+            proof_window: WINDOW,
+            unbonding_epochs: UNBONDING,
+            slash_amount: slash(),
+            reward_bps: 2500,
+            samples: SAMPLES,
+        })
+        .await
+        .expect("deploy")
+    }
+
+    async fn with(args: DeployArgs) -> Result<Env, ChainError> {
+        let anvil = Anvil::at(anvil_bin())
+            .arg("--accounts")
+            .arg("12")
+            .try_spawn()
+            .expect("anvil starts (./ops/install.sh installs it)");
+        let (p, _) = provider(&anvil.endpoint(), &key_hex(&anvil, 0)).expect("provider");
+        let contract = Chain::deploy(&p, args).await?;
+        Ok(Env { anvil, contract })
+    }
+
+    /// Account `i`'s client.
+    fn as_(&self, i: usize) -> Chain {
+        Chain::connect(
+            &self.anvil.endpoint(),
+            &self.contract.to_string(),
+            &key_hex(&self.anvil, i),
+        )
+        .expect("client")
+    }
+
+    fn addr(&self, i: usize) -> Address {
+        self.anvil.addresses()[i]
+    }
+
+    async fn mine(&self, blocks: u64) {
+        self.as_(0)
+            .provider()
+            .anvil_mine(Some(blocks), None)
+            .await
+            .expect("mine");
+    }
+
+    /// Mine until the next block is block `b` (a transaction sent now lands in it; its
+    /// pre-flight call runs on block `b - 1`, so a boundary test puts both on one side).
+    async fn mine_to(&self, b: u64) {
+        let now = self.as_(0).block_number().await.expect("block");
+        if b > now + 1 {
+            self.mine(b - now - 1).await;
+        }
+    }
+
+    async fn balance(&self, a: Address) -> U256 {
+        self.as_(0)
+            .provider()
+            .get_balance(a)
+            .await
+            .expect("balance")
+    }
+
+    /// The invariant, checked against every account and deal (not only the running totals).
+    async fn check_accounting(&self, accounts: &[Address]) {
+        let c = self.as_(0);
+        let k = c.contract();
+        let held = self.balance(self.contract).await;
+        let accounted = k.accounted().call().await.expect("accounted");
+        assert_eq!(held, accounted, "balance != stakes + escrows + credits");
+        let mut sum = U256::ZERO;
+        for a in accounts {
+            let n = k.nodes(*a).call().await.expect("node");
+            sum += n.stake + n.unbonding + k.owed(*a).call().await.expect("owed");
+        }
+        let deals = k.dealCount().call().await.expect("count").to::<u64>();
+        for id in 1..=deals {
+            let d = k.deals(U256::from(id)).call().await.expect("deal");
+            let price = U256::from(d.pricePerEpoch.to::<u128>());
+            let escrow = match d.state {
+                1 => price * U256::from(d.epochs),
+                2 => price * U256::from(u64::from(d.epochs) - d.settled),
+                _ => U256::ZERO,
+            };
+            sum += escrow;
+        }
+        assert_eq!(
+            sum, held,
+            "per-account sum differs from the contract's balance"
+        );
+    }
+}
+
+fn key_hex(anvil: &AnvilInstance, i: usize) -> String {
+    alloy::hex::encode(anvil.keys()[i].to_bytes())
+}
+
+/// The contract refused with custom error `name`.
+fn refused<T: std::fmt::Debug>(r: Result<T, ChainError>, name: &str) {
+    match r {
+        Err(e) if e.reason().is_some_and(|r| r.starts_with(name)) => {}
+        other => panic!("expected {name}, got {other:?}"),
+    }
+}
+
+async fn send<C: SolCall>(
+    c: &Chain,
+    b: alloy::contract::SolCallBuilder<&alloy::providers::DynProvider, C>,
+) -> Result<alloy::rpc::types::TransactionReceipt, ChainError> {
+    c.send("test", b).await
+}
+
+/// Data a node holds for a deal: `chunks` chunks of bytes derived from `seed`.
+fn data(chunks: usize, seed: u8) -> Vec<u8> {
+    (0..chunks * CHUNK_SIZE)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+        .collect()
+}
+
+fn tree_of(bytes: &[u8]) -> UpperTree {
+    UpperTree::new(shard_chunk_roots(bytes)).expect("data")
+}
+
+fn word(n: u8) -> B256 {
+    B256::repeat_byte(n)
+}
+
+/// Publish checkpoint `root` and propose a deal to `node` from `client`; returns the deal id.
+async fn deal(
+    env: &Env,
+    client: usize,
+    node: usize,
+    root: B256,
+    c: Commitment,
+    epochs: u32,
+) -> u64 {
+    let cl = env.as_(client);
+    let k = cl.contract();
+    if k.records(root).call().await.expect("record").publisher == Address::ZERO {
+        send(&cl, k.publish(root, B256::ZERO, word(0xee)))
+            .await
+            .expect("publish");
+    }
+    let price = alloy::primitives::Uint::<88, 2>::from(1_000_000u64);
+    let r = send(
+        &cl,
+        k.proposeDeal(
+            env.addr(node),
+            root,
+            FixedBytes(c.root),
+            c.leaf_count,
+            epochs,
+            price,
+        )
+        .value(U256::from(1_000_000u64) * U256::from(epochs)),
+    )
+    .await
+    .expect("propose");
+    r.inner
+        .logs()
+        .iter()
+        .find_map(|l| l.log_decode::<CairnStorage::DealProposed>().ok())
+        .expect("event")
+        .inner
+        .data
+        .id
+        .to()
+}
+
+async fn register(env: &Env, i: usize) {
+    let c = env.as_(i);
+    send(&c, c.contract().register().value(eth(2)))
+        .await
+        .expect("register");
+}
+
+/// Build the blob for `node`'s challenges in `epoch`, from the deal data each deal id has.
+async fn blob(
+    env: &Env,
+    node: usize,
+    epoch: u64,
+    held: &[(u64, &UpperTree, &[u8])],
+) -> (Vec<u8>, usize) {
+    let c = env.as_(0);
+    let mut proofs: Vec<Proof> = Vec::new();
+    for j in 0..SAMPLES {
+        let ch = c
+            .contract()
+            .challenge(env.addr(node), epoch, U256::from(j))
+            .call()
+            .await
+            .expect("challenge");
+        let id = ch.dealId.to::<u64>();
+        if id == 0 {
+            continue;
+        }
+        let (_, tree, bytes) = held.iter().find(|h| h.0 == id).expect("held deal");
+        let chunk = ch.leaf / CHUNK_LEAVES;
+        let at = chunk as usize * CHUNK_SIZE;
+        proofs.push(prove(tree, ch.leaf, &bytes[at..at + CHUNK_SIZE]).expect("prove"));
+    }
+    let n = proofs.len();
+    (encode_blob(&proofs), n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constructor_rejects_bad_parameters() {
+    let bad = DeployArgs {
+        min_stake: eth(1),
+        epoch_blocks: 4,
+        proof_window: 4, // must be shorter than the epoch
+        unbonding_epochs: 1,
+        slash_amount: slash(),
+        reward_bps: 100,
+        samples: 1,
+    };
+    refused(Env::with(bad).await.map(|_| ()), "BadParameters");
+    refused(
+        Env::with(DeployArgs {
+            proof_window: 1,
+            reward_bps: 10_001,
+            ..bad
+        })
+        .await
+        .map(|_| ()),
+        "BadParameters",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_stake_unbonding_and_exit() {
+    let env = Env::new().await;
+    let n = env.as_(1);
+    let k = n.contract();
+    refused(
+        send(&n, k.register().value(eth(1) - U256::from(1u64))).await,
+        "StakeTooLow",
+    );
+    refused(send(&n, k.topUp().value(eth(1))).await, "NotRegistered");
+    refused(send(&n, k.requestWithdrawal(eth(1))).await, "NotRegistered");
+    refused(send(&n, k.exit()).await, "NotRegistered");
+    register(&env, 1).await;
+    refused(
+        send(&n, k.register().value(eth(1))).await,
+        "AlreadyRegistered",
+    );
+    send(&n, k.topUp().value(eth(1))).await.expect("top up");
+    assert_eq!(n.balances(env.addr(1)).await.expect("stake").0, eth(3));
+    refused(
+        send(&n, k.requestWithdrawal(eth(4))).await,
+        "InsufficientStake",
+    );
+    refused(
+        send(&n, k.requestWithdrawal(U256::ZERO)).await,
+        "InsufficientStake",
+    );
+    refused(send(&n, k.withdrawUnbonded()).await, "NothingToWithdraw");
+
+    // Unbonding: requested in epoch e, available from epoch e + UNBONDING, not before.
+    send(&n, k.requestWithdrawal(eth(1)))
+        .await
+        .expect("request");
+    let requested_in = n.contract().currentEpoch().call().await.expect("epoch");
+    refused(send(&n, k.withdrawUnbonded()).await, "StillUnbonding");
+    let params = n.params().await.expect("params");
+    env.mine_to(params.epoch_start(requested_in + UNBONDING) - 1)
+        .await;
+    refused(send(&n, k.withdrawUnbonded()).await, "StillUnbonding");
+    env.mine_to(params.epoch_start(requested_in + UNBONDING) + 1)
+        .await;
+    let before = env.balance(env.addr(1)).await;
+    let r = send(&n, k.withdrawUnbonded())
+        .await
+        .expect("withdraw after the delay");
+    let fee = U256::from(r.gas_used) * U256::from(r.effective_gas_price);
+    assert_eq!(env.balance(env.addr(1)).await + fee - before, eth(1));
+
+    // A node with a running deal keeps the minimum stake and cannot exit until it ends.
+    let bytes = data(1, 3);
+    let tree = tree_of(&bytes);
+    let id = deal(&env, 5, 1, word(1), tree.commitment(), 2).await;
+    send(&n, k.acceptDeal(U256::from(id)))
+        .await
+        .expect("accept");
+    refused(send(&n, k.requestWithdrawal(eth(2))).await, "StakeTooLow");
+    send(&n, k.requestWithdrawal(eth(1)))
+        .await
+        .expect("down to the minimum");
+    refused(send(&n, k.exit()).await, "HasActiveDeals");
+    let d = n.deal(id).await.expect("deal");
+    env.mine_to(params.epoch_start(d.start + d.epochs) - 1)
+        .await;
+    refused(send(&n, k.exit()).await, "HasActiveDeals");
+    env.mine_to(params.epoch_start(d.start + d.epochs) + 1)
+        .await;
+    send(&n, k.exit()).await.expect("exit after the deal");
+    let node = k.nodes(env.addr(1)).call().await.expect("node");
+    assert!(!node.registered);
+    assert_eq!(node.stake, U256::ZERO);
+    assert_eq!(node.unbonding, eth(2));
+    refused(
+        send(&n, k.acceptDeal(U256::from(id))).await,
+        "DealNotProposed",
+    );
+    env.check_accounting(&env.anvil.addresses()[..8]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provenance_is_append_only_with_known_parents() {
+    let env = Env::new().await;
+    let p = env.as_(3);
+    let k = p.contract();
+    refused(
+        send(&p, k.publish(B256::ZERO, B256::ZERO, word(1))).await,
+        "ZeroRoot",
+    );
+    refused(
+        send(&p, k.publish(word(2), word(9), word(1))).await,
+        "UnknownParent",
+    );
+    send(&p, k.publish(word(1), B256::ZERO, word(7)))
+        .await
+        .expect("base");
+    send(&p, k.publish(word(2), word(1), word(8)))
+        .await
+        .expect("fine-tune");
+    let other = env.as_(4);
+    refused(
+        send(
+            &other,
+            other.contract().publish(word(2), B256::ZERO, word(1)),
+        )
+        .await,
+        "AlreadyPublished",
+    );
+    let r = p.record(word(2)).await.expect("record").expect("exists");
+    assert_eq!(
+        (r.publisher, r.parent, r.meta_hash),
+        (env.addr(3), Some(word(1)), word(8))
+    );
+    assert!(p.record(word(3)).await.expect("record").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deals_need_a_published_checkpoint_payment_and_the_nodes_consent() {
+    let env = Env::new().await;
+    register(&env, 1).await;
+    let cl = env.as_(5);
+    let k = cl.contract();
+    let tree = tree_of(&data(1, 1));
+    let c = tree.commitment();
+    let price = alloy::primitives::Uint::<88, 2>::from(1000u64);
+    let propose = |node: Address, root: B256, leaves: u64, epochs: u32, value: u64| {
+        k.proposeDeal(node, root, FixedBytes(c.root), leaves, epochs, price)
+            .value(U256::from(value))
+    };
+    refused(
+        send(&cl, propose(env.addr(2), word(1), c.leaf_count, 3, 3000)).await,
+        "NotRegistered",
+    );
+    refused(
+        send(&cl, propose(env.addr(1), word(1), c.leaf_count, 3, 3000)).await,
+        "UnknownCheckpoint",
+    );
+    send(&cl, k.publish(word(1), B256::ZERO, word(0)))
+        .await
+        .expect("publish");
+    refused(
+        send(&cl, propose(env.addr(1), word(1), 0, 3, 3000)).await,
+        "InvalidDeal",
+    );
+    refused(
+        send(&cl, propose(env.addr(1), word(1), c.leaf_count, 0, 0)).await,
+        "InvalidDeal",
+    );
+    refused(
+        send(&cl, propose(env.addr(1), word(1), c.leaf_count, 3, 2999)).await,
+        "WrongPayment",
+    );
+    let id = deal(&env, 5, 1, word(1), c, 3).await;
+    refused(send(&cl, k.acceptDeal(U256::from(id))).await, "NotDealNode");
+    let other = env.as_(6);
+    refused(
+        send(&other, other.contract().cancelDeal(U256::from(id))).await,
+        "NotDealClient",
+    );
+    refused(
+        send(&cl, k.cancelDeal(U256::from(999u64))).await,
+        "UnknownDeal",
+    );
+    refused(
+        send(&cl, k.settle(U256::from(id), 10)).await,
+        "DealNotActive",
+    );
+
+    // Not accepted: no challenge falls on it and no missed epoch can be reported.
+    env.mine(2 * EPOCH).await;
+    let now = k.currentEpoch().call().await.expect("epoch");
+    assert_eq!(
+        k.sampledDeals(env.addr(1), now).call().await.expect("n"),
+        U256::ZERO
+    );
+    refused(
+        send(&cl, k.reportMissed(env.addr(1), now - 1, U256::from(id))).await,
+        "DealNotActive",
+    );
+    // The client takes its escrow back; a cancelled deal cannot be accepted.
+    send(&cl, k.cancelDeal(U256::from(id)))
+        .await
+        .expect("cancel");
+    refused(
+        send(&cl, k.cancelDeal(U256::from(id))).await,
+        "DealNotProposed",
+    );
+    let node = env.as_(1);
+    refused(
+        send(&node, node.contract().acceptDeal(U256::from(id))).await,
+        "DealNotProposed",
+    );
+    assert_eq!(
+        k.owed(env.addr(5)).call().await.expect("owed"),
+        U256::from(3_000_000u64)
+    );
+    env.check_accounting(&env.anvil.addresses()[..8]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_pay_per_proven_epoch_and_missed_epochs_are_slashed_once() {
+    let env = Env::new().await;
+    register(&env, 1).await;
+    let (bytes_a, bytes_b) = (data(3, 1), data(1, 2));
+    let (tree_a, tree_b) = (tree_of(&bytes_a), tree_of(&bytes_b));
+    let a = deal(&env, 5, 1, word(1), tree_a.commitment(), 3).await;
+    let b = deal(&env, 5, 1, word(2), tree_b.commitment(), 3).await;
+    let n = env.as_(1);
+    let k = n.contract();
+    send(&n, k.acceptDeal(U256::from(a)))
+        .await
+        .expect("accept a");
+    send(&n, k.acceptDeal(U256::from(b)))
+        .await
+        .expect("accept b");
+    let params = n.params().await.expect("params");
+    let start = n.deal(a).await.expect("deal").start;
+    let held: [(u64, &UpperTree, &[u8]); 2] = [(a, &tree_a, &bytes_a), (b, &tree_b, &bytes_b)];
+
+    // The Rust mirror of the challenge derivation matches the contract's.
+    env.mine_to(params.epoch_start(start) + 2).await;
+    let seed = n.epoch_seed(start).await.expect("seed");
+    let ids = n.deals_of(env.addr(1)).await.expect("deals");
+    for j in 0..SAMPLES {
+        let ch = k
+            .challenge(env.addr(1), start, U256::from(j))
+            .call()
+            .await
+            .expect("challenge");
+        let r = cairn_proofs::challenge::sample_value(&seed, &env.addr(1).0.0, start, j);
+        let id = ids[cairn_proofs::challenge::slot(&r, ids.len() as u64) as usize];
+        assert_eq!(ch.dealId.to::<u64>(), id);
+        let lc = if id == a {
+            tree_a.commitment().leaf_count
+        } else {
+            tree_b.commitment().leaf_count
+        };
+        assert_eq!(ch.leaf, cairn_proofs::challenge::leaf(&r, lc));
+    }
+
+    // Epoch `start`: proofs outside the window, short, wrong, then right, then again.
+    refused(
+        send(&n, k.submitProofs(start + 1, Bytes::new())).await,
+        "OutsideProofWindow",
+    );
+    let (good, used) = blob(&env, 1, start, &held).await;
+    assert!(used > 0);
+    refused(
+        send(
+            &n,
+            k.submitProofs(start, Bytes::from(good[..good.len() - 1].to_vec())),
+        )
+        .await,
+        "MalformedProof",
+    );
+    let mut extra = good.clone();
+    extra.push(0);
+    refused(
+        send(&n, k.submitProofs(start, Bytes::from(extra))).await,
+        "MalformedProof",
+    );
+    let mut wrong = good.clone();
+    wrong[3] ^= 1;
+    refused(
+        send(&n, k.submitProofs(start, Bytes::from(wrong))).await,
+        "BadProof",
+    );
+    refused(
+        send(&n, k.reportMissed(env.addr(1), start, U256::from(a))).await,
+        "EpochNotOver",
+    );
+    let r = send(&n, k.submitProofs(start, Bytes::from(good.clone())))
+        .await
+        .expect("proof");
+    assert!(r.gas_used > 21_000);
+    refused(
+        send(&n, k.submitProofs(start, Bytes::from(good))).await,
+        "AlreadyProven",
+    );
+
+    // Epoch start+1: missed. Epoch start+2: proven.
+    env.mine_to(params.epoch_start(start + 2) + 2).await;
+    let (good, _) = blob(&env, 1, start + 2, &held).await;
+    send(&n, k.submitProofs(start + 2, Bytes::from(good)))
+        .await
+        .expect("proof");
+    let reporter = env.as_(7);
+    let k7 = reporter.contract();
+    refused(
+        send(
+            &reporter,
+            k7.reportMissed(env.addr(1), start, U256::from(a)),
+        )
+        .await,
+        "EpochWasProven",
+    );
+    refused(
+        send(
+            &reporter,
+            k7.reportMissed(env.addr(2), start + 1, U256::from(a)),
+        )
+        .await,
+        "NotDealNode",
+    );
+    refused(
+        send(
+            &reporter,
+            k7.reportMissed(env.addr(1), start + 3, U256::from(a)),
+        )
+        .await,
+        "DealNotActive",
+    );
+    let stake_before = n.balances(env.addr(1)).await.expect("stake").0;
+    send(
+        &reporter,
+        k7.reportMissed(env.addr(1), start + 1, U256::from(b)),
+    )
+    .await
+    .expect("report");
+    refused(
+        send(
+            &reporter,
+            k7.reportMissed(env.addr(1), start + 1, U256::from(a)),
+        )
+        .await,
+        "AlreadySlashed",
+    );
+    assert_eq!(
+        stake_before - n.balances(env.addr(1)).await.expect("stake").0,
+        slash()
+    );
+    let reward = slash() * U256::from(2500u64) / U256::from(10_000u64);
+    assert_eq!(k.owed(env.addr(7)).call().await.expect("owed"), reward);
+    assert_eq!(
+        k.owed(env.addr(5)).call().await.expect("owed"),
+        slash() - reward
+    );
+
+    // Settle after the deals end: two proven epochs paid to the node, one refunded.
+    env.mine_to(params.epoch_start(start + 3) + WINDOW + 1)
+        .await;
+    send(&reporter, k7.settle(U256::from(a), 1))
+        .await
+        .expect("settle one epoch");
+    assert_eq!(
+        k.deals(U256::from(a)).call().await.expect("deal").settled,
+        1
+    );
+    send(&reporter, k7.settle(U256::from(a), 10))
+        .await
+        .expect("settle the rest");
+    send(&reporter, k7.settle(U256::from(b), 10))
+        .await
+        .expect("settle b");
+    assert_eq!(
+        k.owed(env.addr(1)).call().await.expect("owed"),
+        U256::from(2 * 2 * 1_000_000u64)
+    );
+    assert_eq!(
+        k.owed(env.addr(5)).call().await.expect("owed"),
+        slash() - reward + U256::from(2 * 1_000_000u64)
+    );
+    assert_eq!(k.totalEscrow().call().await.expect("escrow"), U256::ZERO);
+    env.check_accounting(&env.anvil.addresses()[..8]).await;
+
+    // Credits are paid out once.
+    let before = env.balance(env.addr(7)).await;
+    let r = send(&reporter, k7.withdraw()).await.expect("withdraw");
+    let fee = U256::from(r.gas_used) * U256::from(r.effective_gas_price);
+    assert_eq!(env.balance(env.addr(7)).await + fee - before, reward);
+    refused(send(&reporter, k7.withdraw()).await, "NothingToWithdraw");
+    env.check_accounting(&env.anvil.addresses()[..8]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_cannot_be_reentered_and_a_refused_payment_reverts() {
+    let env = Env::new().await;
+    let c = env.as_(2);
+    let att = Attacker::deploy(c.provider().clone(), env.contract)
+        .await
+        .expect("attacker");
+    let k = c.contract();
+    send(&c, k.publish(word(1), B256::ZERO, word(0)))
+        .await
+        .expect("publish");
+    register(&env, 1).await;
+    let tree = tree_of(&data(1, 4));
+    let cm = tree.commitment();
+    let price = alloy::primitives::Uint::<88, 2>::from(500u64);
+    // The attacker proposes a deal and cancels it: 1000 wei credited to it.
+    let propose = CairnStorage::proposeDealCall {
+        node: env.addr(1),
+        checkpoint: word(1),
+        commitment: FixedBytes(cm.root),
+        leafCount: cm.leaf_count,
+        epochs: 2,
+        pricePerEpoch: price,
+    };
+    send(
+        &c,
+        att.forward(Bytes::from(propose.abi_encode()))
+            .value(U256::from(1000u64)),
+    )
+    .await
+    .expect("propose");
+    let id = k.dealCount().call().await.expect("count");
+    let cancel = CairnStorage::cancelDealCall { id };
+    send(&c, att.forward(Bytes::from(cancel.abi_encode())))
+        .await
+        .expect("cancel");
+    let withdraw = Bytes::from(CairnStorage::withdrawCall {}.abi_encode());
+    // Refusing the payment reverts the withdrawal: nothing is lost.
+    send(&c, att.setMode(1)).await.expect("mode");
+    refused(
+        send(&c, att.forward(withdraw.clone())).await,
+        "TransferFailed",
+    );
+    assert_eq!(
+        k.owed(*att.address()).call().await.expect("owed"),
+        U256::from(1000u64)
+    );
+    // Withdrawing again from inside the payment hits the lock; the first payment goes through.
+    send(&c, att.setMode(2)).await.expect("mode");
+    send(&c, att.forward(withdraw)).await.expect("withdraw");
+    let err = att.reentryError().call().await.expect("error");
+    assert_eq!(&err[..4], CairnStorage::Reentrancy::SELECTOR.as_slice());
+    assert_eq!(
+        att.received().call().await.expect("received"),
+        U256::from(1000u64)
+    );
+    assert_eq!(
+        k.owed(*att.address()).call().await.expect("owed"),
+        U256::ZERO
+    );
+    env.check_accounting(&[*att.address(), env.addr(1), env.addr(2)])
+        .await;
+}
+
+/// A seeded random sequence of every kind of operation (many of them refused): after each
+/// one, the contract's balance equals the sum of stakes, escrows and credits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounting_holds_after_random_operations() {
+    let env = Env::new().await;
+    let accounts: Vec<Address> = env.anvil.addresses()[..8].to_vec();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let trees: Vec<(Vec<u8>, UpperTree)> = (0..3u8)
+        .map(|s| {
+            let b = data(1 + s as usize, s);
+            let t = tree_of(&b);
+            (b, t)
+        })
+        .collect();
+    let mut deals: Vec<(u64, usize)> = Vec::new();
+    let mut applied = 0;
+    for step in 0..80 {
+        let who = 1 + next(7) as usize;
+        let c = env.as_(who);
+        let k = c.contract();
+        let r = match next(11) {
+            0 => send(&c, k.register().value(eth(1 + next(2))))
+                .await
+                .map(|_| ()),
+            1 => send(&c, k.topUp().value(U256::from(next(1000) + 1)))
+                .await
+                .map(|_| ()),
+            2 => send(
+                &c,
+                k.requestWithdrawal(U256::from(next(3)) * eth(1) / U256::from(2u64)),
+            )
+            .await
+            .map(|_| ()),
+            3 => send(&c, k.withdrawUnbonded()).await.map(|_| ()),
+            4 => {
+                let root = word(1 + next(4) as u8);
+                let _ = send(&c, k.publish(root, B256::ZERO, word(0))).await;
+                let t = next(3) as usize;
+                let node = 1 + next(7) as usize;
+                let cm = trees[t].1.commitment();
+                let epochs = 1 + next(3) as u32;
+                let price = alloy::primitives::Uint::<88, 2>::from(100u64 + next(100));
+                let value = U256::from(price.to::<u64>()) * U256::from(epochs);
+                let r = send(
+                    &c,
+                    k.proposeDeal(
+                        accounts[node],
+                        root,
+                        FixedBytes(cm.root),
+                        cm.leaf_count,
+                        epochs,
+                        price,
+                    )
+                    .value(value),
+                )
+                .await;
+                if r.is_ok() {
+                    deals.push((k.dealCount().call().await.expect("count").to(), t));
+                }
+                r.map(|_| ())
+            }
+            5 | 6 if !deals.is_empty() => {
+                let (id, _) = deals[next(deals.len() as u64) as usize];
+                let d = c.deal(id).await.expect("deal");
+                let node = env.as_(accounts.iter().position(|a| *a == d.node).expect("node"));
+                send(&node, node.contract().acceptDeal(U256::from(id)))
+                    .await
+                    .map(|_| ())
+            }
+            7 if !deals.is_empty() => {
+                let (id, _) = deals[next(deals.len() as u64) as usize];
+                send(&c, k.cancelDeal(U256::from(id))).await.map(|_| ())
+            }
+            8 if !deals.is_empty() => {
+                let (id, _) = deals[next(deals.len() as u64) as usize];
+                send(&c, k.settle(U256::from(id), 1 + next(3)))
+                    .await
+                    .map(|_| ())
+            }
+            9 if !deals.is_empty() => {
+                let (id, _) = deals[next(deals.len() as u64) as usize];
+                let d = c.deal(id).await.expect("deal");
+                let e = d.start + next(d.epochs.max(1));
+                send(&c, k.reportMissed(d.node, e, U256::from(id)))
+                    .await
+                    .map(|_| ())
+            }
+            10 => send(&c, k.withdraw()).await.map(|_| ()),
+            _ => {
+                env.mine(1 + next(2 * EPOCH)).await;
+                Ok(())
+            }
+        };
+        // Some epochs get proven, by nodes with deals running now.
+        if step % 5 == 0 {
+            let block = c.block_number().await.expect("block");
+            let params = c.params().await.expect("params");
+            let e = params.epoch_of(block + 1);
+            if block > params.epoch_start(e) && block + 2 < params.epoch_start(e) + WINDOW {
+                for (i, a) in accounts.iter().enumerate().skip(1) {
+                    let mine: Vec<(u64, &UpperTree, &[u8])> = deals
+                        .iter()
+                        .map(|(id, t)| (*id, &trees[*t].1, trees[*t].0.as_slice()))
+                        .collect();
+                    let ours = c.deals_of(*a).await.expect("deals");
+                    if ours.is_empty() {
+                        continue;
+                    }
+                    let (b, _) = blob(&env, i, e, &mine).await;
+                    let n = env.as_(i);
+                    let _ = send(&n, n.contract().submitProofs(e, Bytes::from(b))).await;
+                }
+            }
+        }
+        applied += usize::from(r.is_ok());
+        env.check_accounting(&accounts).await;
+    }
+    assert!(applied > 20, "only {applied} operations went through");
+}
+
+/// Every custom error of the contract is provoked by a test above: this list names them, and
+/// it must match the compiled ABI (a new error needs a test and an entry here).
+#[test]
+fn every_custom_error_is_tested() {
+    const TESTED: &[&str] = &[
+        "AlreadyProven",
+        "AlreadyPublished",
+        "AlreadyRegistered",
+        "AlreadySlashed",
+        "BadParameters",
+        "BadProof",
+        "DealNotActive",
+        "DealNotProposed",
+        "EpochNotOver",
+        "EpochWasProven",
+        "HasActiveDeals",
+        "InsufficientStake",
+        "InvalidDeal",
+        "MalformedProof",
+        "NotDealClient",
+        "NotDealNode",
+        "NotRegistered",
+        "NothingToWithdraw",
+        "OutsideProofWindow",
+        "Reentrancy",
+        "StakeTooLow",
+        "StillUnbonding",
+        "TransferFailed",
+        "UnknownCheckpoint",
+        "UnknownDeal",
+        "UnknownParent",
+        "WrongPayment",
+        "ZeroRoot",
+    ];
+    let source = include_str!("contract.rs");
+    let abi: serde_json::Value =
+        serde_json::from_str(include_str!("../../proofs/artifacts/CairnStorage.json"))
+            .expect("artifact");
+    let mut errors: Vec<&str> = abi["abi"]
+        .as_array()
+        .expect("abi")
+        .iter()
+        .filter(|e| e["type"] == "error")
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    errors.sort_unstable();
+    assert_eq!(errors, TESTED);
+    for name in TESTED {
+        // Once in the list above, at least once more where a test expects it.
+        let provoked = source.matches(&format!("\"{name}\"")).count()
+            + source.matches(&format!("{name}::SELECTOR")).count();
+        assert!(provoked >= 2, "no test expects {name}");
+    }
+}
