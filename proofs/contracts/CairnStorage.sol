@@ -415,11 +415,24 @@ contract CairnStorage {
     function challenge(address node, uint64 epoch, uint256 j) public view returns (uint256 dealId, uint64 leaf) {
         uint256 len = sampledDeals(node, epoch);
         if (len == 0) return (0, 0);
-        uint256 r = uint256(sha256(abi.encodePacked(epochSeed(epoch), node, epoch, uint8(j))));
+        uint256 r = _sampleValue(epochSeed(epoch), node, epoch, j);
         dealId = nodeDeals[node][r % len];
         Deal storage d = deals[dealId];
         if (d.start == 0 || epoch < d.start || epoch >= d.start + d.epochs) return (0, 0);
         leaf = uint64((r >> 128) % d.leafCount);
+    }
+
+    /// sha256(seed || node || epoch (8 bytes) || j (1 byte)), in scratch memory.
+    function _sampleValue(bytes32 seed, address node, uint64 epoch, uint256 j) internal view returns (uint256 r) {
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, seed)
+            mstore(add(ptr, 32), shl(96, node))
+            mstore(add(ptr, 52), shl(192, epoch))
+            mstore8(add(ptr, 60), j)
+            if iszero(staticcall(gas(), 2, ptr, 61, ptr, 32)) { revert(0, 0) }
+            r := mload(ptr)
+        }
     }
 
     /// Prove `epoch` for the caller: for every sample that falls on a running deal, in sample
@@ -434,36 +447,89 @@ contract CairnStorage {
         emit EpochProven(msg.sender, epoch, used);
     }
 
+    /// `challenge` for every sample, inlined (it is most of a proof's execution gas).
     function _verifyAll(address node, uint64 epoch, bytes calldata blob) internal view returns (uint256 used) {
+        uint256 len = sampledDeals(node, epoch);
         uint256 offset;
-        for (uint256 j = 0; j < samplesPerEpoch; j++) {
-            (uint256 dealId, uint64 leaf) = challenge(node, epoch, j);
-            if (dealId == 0) continue;
-            Deal storage d = deals[dealId];
-            uint256 depth = _depth(d.leafCount);
-            uint256 size = 32 + depth * 16;
-            if (blob.length < offset + size) revert MalformedProof();
-            if (!_verifyOne(blob[offset:offset + size], leaf, depth, d.commitment)) revert BadProof(j);
-            offset += size;
-            used++;
+        if (len != 0) {
+            uint256[] storage list = nodeDeals[node];
+            bytes32 seed = epochSeed(epoch);
+            uint256 samples = samplesPerEpoch;
+            for (uint256 j; j < samples; ++j) {
+                uint256 r = _sampleValue(seed, node, epoch, j);
+                Deal storage d = deals[list[r % len]];
+                uint64 start = d.start;
+                if (start == 0 || epoch < start || epoch >= start + d.epochs) continue;
+                uint64 leafCount = d.leafCount;
+                uint256 depth = _depth(leafCount);
+                uint256 end = offset + 32 + depth * 16;
+                if (blob.length < end) revert MalformedProof();
+                if (!_verifyOne(blob[offset:end], (r >> 128) % leafCount, depth, d.commitment)) revert BadProof(j);
+                offset = end;
+                ++used;
+            }
         }
         if (offset != blob.length) revert MalformedProof();
     }
 
-    function _verifyOne(bytes calldata p, uint64 index, uint256 depth, bytes16 root) internal pure returns (bool) {
-        bytes16 h = bytes16(sha256(abi.encodePacked(bytes1(0x00), p[0:32])));
-        for (uint256 i = 0; i < depth; i++) {
-            bytes16 sib = bytes16(p[32 + i * 16:48 + i * 16]);
-            h = (index & 1) == 0
-                ? bytes16(sha256(abi.encodePacked(bytes1(0x01), h, sib)))
-                : bytes16(sha256(abi.encodePacked(bytes1(0x01), sib, h)));
-            index >>= 1;
+    /// Inner nodes of height 1..SHA_LEVELS hash with SHA-256, higher ones with Keccak-256.
+    uint256 internal constant SHA_LEVELS = 5;
+
+    /// Hash the leaf and its path in scratch memory (no allocation per level): SHA-256 (the
+    /// precompile) for the leaf and the lowest SHA_LEVELS levels, Keccak-256 above.
+    function _verifyOne(bytes calldata p, uint256 index, uint256 depth, bytes16 root) internal view returns (bool ok) {
+        assembly ("memory-safe") {
+            let high := not(sub(shl(128, 1), 1))
+            let ptr := mload(0x40)
+            mstore8(ptr, 0x00)
+            calldatacopy(add(ptr, 1), p.offset, 32)
+            if iszero(staticcall(gas(), 2, ptr, 33, ptr, 32)) { revert(0, 0) }
+            let h := and(mload(ptr), high)
+            let sibs := add(p.offset, 32)
+            for { let i := 0 } lt(i, depth) { i := add(i, 1) } {
+                let sib := and(calldataload(add(sibs, shl(4, i))), high)
+                switch and(index, 1)
+                case 0 {
+                    mstore(add(ptr, 1), h)
+                    mstore(add(ptr, 17), sib)
+                }
+                default {
+                    mstore(add(ptr, 1), sib)
+                    mstore(add(ptr, 17), h)
+                }
+                mstore8(ptr, 0x01)
+                switch lt(i, SHA_LEVELS)
+                case 1 {
+                    if iszero(staticcall(gas(), 2, ptr, 33, ptr, 32)) { revert(0, 0) }
+                    h := and(mload(ptr), high)
+                }
+                default { h := and(keccak256(ptr, 33), high) }
+                index := shr(1, index)
+            }
+            ok := eq(h, and(root, high))
         }
-        return h == root;
     }
 
+    /// ceil(log2(leafCount)) for 1 <= leafCount <= 2^40: the bit length of leafCount - 1.
     function _depth(uint64 leafCount) internal pure returns (uint256 d) {
-        while ((uint256(1) << d) < leafCount) d++;
+        assembly {
+            let x := sub(leafCount, 1)
+            d := shl(5, gt(x, 0xffffffff))
+            x := shr(d, x)
+            let s := shl(4, gt(x, 0xffff))
+            x := shr(s, x)
+            d := or(d, s)
+            s := shl(3, gt(x, 0xff))
+            x := shr(s, x)
+            d := or(d, s)
+            s := shl(2, gt(x, 0xf))
+            x := shr(s, x)
+            d := or(d, s)
+            s := shl(1, gt(x, 0x3))
+            x := shr(s, x)
+            d := or(d, s)
+            d := add(d, sub(x, and(shr(1, x), x)))
+        }
     }
 
     function isProven(address node, uint64 epoch) public view returns (bool) {

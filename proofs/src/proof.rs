@@ -64,11 +64,11 @@ pub fn verify(c: &Commitment, index: u64, proof: &Proof) -> bool {
     }
     let mut h = leaf_hash(&proof.leaf);
     let mut i = index;
-    for s in &proof.siblings {
+    for (n, s) in proof.siblings.iter().enumerate() {
         h = if i & 1 == 0 {
-            node_hash(&h, s)
+            node_hash(n + 1, &h, s)
         } else {
-            node_hash(s, &h)
+            node_hash(n + 1, s, &h)
         };
         i >>= 1;
     }

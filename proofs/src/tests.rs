@@ -15,8 +15,13 @@ fn reference_commitment(shards: &[Vec<u8>]) -> Commitment {
     let leaf_count = (data.len() / LEAF_SIZE) as u64;
     let mut level: Vec<Node> = data.chunks(LEAF_SIZE).map(leaf_hash).collect();
     level.resize(1 << depth(leaf_count), leaf_hash(&[0u8; 32]));
+    let mut height = 0;
     while level.len() > 1 {
-        level = level.chunks(2).map(|p| node_hash(&p[0], &p[1])).collect();
+        height += 1;
+        level = level
+            .chunks(2)
+            .map(|p| node_hash(height, &p[0], &p[1]))
+            .collect();
     }
     Commitment {
         root: level[0],
@@ -52,7 +57,13 @@ fn node_hashes_are_truncated_sha256_with_prefixes() {
     let mut m = vec![1u8];
     m.extend(l);
     m.extend(r);
-    assert_eq!(node_hash(&l, &r)[..], Sha256::digest(&m)[..16]);
+    assert_eq!(node_hash(1, &l, &r)[..], Sha256::digest(&m)[..16]);
+    assert_eq!(node_hash(SHA_LEVELS, &l, &r)[..], Sha256::digest(&m)[..16]);
+    use sha3::Digest as _;
+    assert_eq!(
+        node_hash(SHA_LEVELS + 1, &l, &r)[..],
+        sha3::Keccak256::digest(&m)[..16]
+    );
 }
 
 #[test]

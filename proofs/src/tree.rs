@@ -1,7 +1,10 @@
 //! The proof tree over the data a node holds for one deal.
 //!
-//! Leaves are 32-byte pieces of the deal's data; tree nodes are SHA-256 truncated to 16 bytes,
-//! domain-separated (`0x00 || leaf` for leaves, `0x01 || left || right` inside). The data is
+//! Leaves are 32-byte pieces of the deal's data; tree nodes are 16 bytes, domain-separated
+//! (`0x00 || leaf` for leaves, `0x01 || left || right` inside): SHA-256 truncated for leaves
+//! and the nodes up to height `SHA_LEVELS` (1 KiB subtrees: fast to build off chain with the
+//! CPU's SHA extensions), Keccak-256 truncated above (cheap on chain: the EVM's own opcode
+//! instead of a precompile call, and only a few nodes per chunk to build). The data is
 //! the node's shards in manifest order, each zero-padded to a whole number of 64 KiB chunks,
 //! so every chunk is an aligned subtree of 2048 leaves whose root needs only that chunk. The
 //! tree is padded to a power of two with all-zero data. Reasons and numbers: `PROOFS.md`.
@@ -20,6 +23,8 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 pub const CHUNK_LEAVES: u64 = (CHUNK_SIZE / LEAF_SIZE) as u64;
 /// Levels from a leaf to its chunk's root.
 pub const CHUNK_LEVELS: usize = 11;
+/// Inner nodes of height 1..=SHA_LEVELS hash with SHA-256, higher ones with Keccak-256.
+pub const SHA_LEVELS: usize = 5;
 
 const H0: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
@@ -53,16 +58,27 @@ pub fn leaf_hash(leaf: &[u8]) -> Node {
     hash33(0x00, leaf, &[])
 }
 
-/// Hash of an inner node from its children.
-pub fn node_hash(left: &Node, right: &Node) -> Node {
-    hash33(0x01, left, right)
+/// Hash of an inner node of height `height` (>= 1; leaves' hashes are height 0).
+pub fn node_hash(height: usize, left: &Node, right: &Node) -> Node {
+    if height <= SHA_LEVELS {
+        return hash33(0x01, left, right);
+    }
+    use sha3::Digest;
+    let mut k = sha3::Keccak256::new();
+    k.update([0x01]);
+    k.update(left);
+    k.update(right);
+    let full = k.finalize();
+    let mut out = [0u8; NODE_SIZE];
+    out.copy_from_slice(&full[..NODE_SIZE]);
+    out
 }
 
 /// Root of a subtree of 2^level all-zero leaves.
 pub fn zero_root(level: usize) -> Node {
     let mut h = leaf_hash(&[0u8; LEAF_SIZE]);
-    for _ in 0..level {
-        h = node_hash(&h, &h);
+    for height in 1..=level {
+        h = node_hash(height, &h, &h);
     }
     h
 }
@@ -106,10 +122,11 @@ impl ChunkTree {
         }
         let mut levels = vec![leaves];
         while levels.last().map_or(0, Vec::len) > 1 {
+            let height = levels.len();
             let below = levels.last().expect("levels start with the leaves");
             let up = below
                 .chunks_exact(2)
-                .map(|p| node_hash(&p[0], &p[1]))
+                .map(|p| node_hash(height, &p[0], &p[1]))
                 .collect();
             levels.push(up);
         }
@@ -169,7 +186,7 @@ impl UpperTree {
             let zero = zero_root(level);
             let up = below
                 .chunks(2)
-                .map(|p| node_hash(&p[0], p.get(1).unwrap_or(&zero)))
+                .map(|p| node_hash(level + 1, &p[0], p.get(1).unwrap_or(&zero)))
                 .collect();
             levels.push(up);
             level += 1;
