@@ -254,7 +254,7 @@ async fn main() {
     let by_deals = [(1, GIB), (10, GIB), (100, GIB)];
     let by_size = [(10, 64 << 20), (10, GIB), (10, 64 * GIB)];
     println!(
-        "Proof gas on anvil: {SAMPLES} samples per node-epoch, 32-byte leaves, 16-byte nodes, \
+        "Proof gas on anvil: {SAMPLES} samples per node-epoch, 128-byte leaves, 16-byte nodes, \
          mean of {EPOCHS_MEASURED} epochs after a first one"
     );
     for (name, fork) in [

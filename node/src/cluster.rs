@@ -100,11 +100,26 @@ impl<B: Backend> Cluster<B> {
         let mut holders: HashMap<Cid, Vec<PeerId>> = HashMap::new();
         let mut stripe_no = 0u64;
         let result = encode(layout, upload, progress, &mut |enc: &EncodedStripe| {
-            let placed = rt.block_on(self.place_stripe(&members, upload_id, enc, stripe_no))?;
+            // The deal commitments' hashing runs beside the pushes, not after them.
+            let plan = planner.as_deref_mut();
+            let planning = plan.is_some();
+            let placed = std::thread::scope(|s| {
+                let hashing = plan.map(|p| {
+                    s.spawn(move || {
+                        for (i, meta) in enc.shards.iter().enumerate() {
+                            p.add_shard(&meta.cid, enc.shard(i));
+                        }
+                    })
+                });
+                let placed = rt.block_on(self.place_stripe(&members, upload_id, enc, stripe_no));
+                if let Some(h) = hashing {
+                    h.join().expect("chunk hashing does not panic");
+                }
+                placed
+            })?;
             stripe_no += 1;
-            if let Some(p) = planner.as_deref_mut() {
+            if planning {
                 for (i, peer) in placed.iter().enumerate() {
-                    p.add_shard(&enc.shards[i].cid, enc.shard(i));
                     holders.entry(enc.shards[i].cid).or_default().push(*peer);
                 }
             }

@@ -138,6 +138,8 @@ pub struct ProofMetrics {
     pub submit_errors: Counter,
     /// Missed epochs of other nodes this node reported.
     pub reported: Counter,
+    /// This node's chain account balance, in gwei (pays for proof transactions).
+    pub balance_gwei: Gauge,
 }
 
 /// Store figures, read at scrape time.

@@ -14,7 +14,7 @@ contract CairnStorage {
     // ---------------------------------------------------------------- parameters
     /// Format tag of the proof blob and tree rules this contract verifies.
     uint8 public constant PROOF_FORMAT = 1;
-    /// Largest accepted leaf count (2^40 leaves of 32 bytes = 32 TiB per deal).
+    /// Largest accepted leaf count (2^40 leaves of 128 bytes = 128 TiB per deal).
     uint64 public constant MAX_LEAVES = 1 << 40;
     uint256 public immutable minStake;
     /// Blocks per epoch; epoch e starts at block genesisBlock + e * epochBlocks.
@@ -43,13 +43,13 @@ contract CairnStorage {
         bool registered;
     }
 
-    /// Packed into four slots; the two a challenge reads come first.
+    /// Packed into four slots; a challenge reads only the first.
     struct Deal {
-        address node;
-        uint64 start; // first epoch proven; 0 until accepted
-        uint32 epochs;
         bytes16 commitment;
-        uint64 leafCount;
+        uint48 leafCount;
+        uint40 start; // first epoch proven; 0 until accepted
+        uint32 epochs;
+        address node;
         uint64 settled; // epochs settled so far
         address client;
         uint8 state;
@@ -295,7 +295,7 @@ contract CairnStorage {
 
     // ---------------------------------------------------------------- deals
     /// Escrow `epochs * pricePerEpoch` for `node` to hold the data committed to by
-    /// `commitment` (tree root over `leafCount` 32-byte leaves) of a published checkpoint.
+    /// `commitment` (tree root over `leafCount` 128-byte leaves) of a published checkpoint.
     function proposeDeal(
         address node,
         bytes32 checkpoint,
@@ -321,7 +321,7 @@ contract CairnStorage {
         if (records[checkpoint].publisher == address(0)) revert UnknownCheckpoint();
         if (leafCount == 0 || leafCount > MAX_LEAVES || epochs == 0 || pricePerEpoch == 0) revert InvalidDeal();
         id = ++dealCount;
-        deals[id] = Deal(node, 0, epochs, commitment, leafCount, 0, msg.sender, PROPOSED, pricePerEpoch, checkpoint);
+        deals[id] = Deal(commitment, uint48(leafCount), 0, epochs, node, 0, msg.sender, PROPOSED, pricePerEpoch, checkpoint);
         totalEscrow += uint256(epochs) * pricePerEpoch;
         emit DealProposed(id, msg.sender, node, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
     }
@@ -355,8 +355,8 @@ contract CairnStorage {
         }
         nodeDeals[msg.sender].push(id);
         d.state = ACTIVE;
-        d.start = now_ + 1;
-        uint64 end = d.start + d.epochs;
+        d.start = uint40(now_ + 1);
+        uint64 end = uint64(d.start) + d.epochs;
         if (end > n.lastEnd) n.lastEnd = end;
         emit DealAccepted(id, msg.sender, d.start, end);
     }
@@ -377,7 +377,7 @@ contract CairnStorage {
         if (upto <= from) return;
         uint64 paid;
         for (uint64 i = from; i < upto; i++) {
-            if (isProven(d.node, d.start + i)) paid++;
+            if (isProven(d.node, uint64(d.start) + i)) paid++;
         }
         uint64 count = upto - from;
         d.settled = upto;
@@ -418,7 +418,7 @@ contract CairnStorage {
         uint256 r = _sampleValue(epochSeed(epoch), node, epoch, j);
         dealId = nodeDeals[node][r % len];
         Deal storage d = deals[dealId];
-        if (d.start == 0 || epoch < d.start || epoch >= d.start + d.epochs) return (0, 0);
+        if (d.start == 0 || epoch < d.start || epoch >= uint64(d.start) + d.epochs) return (0, 0);
         leaf = uint64((r >> 128) % d.leafCount);
     }
 
@@ -436,7 +436,7 @@ contract CairnStorage {
     }
 
     /// Prove `epoch` for the caller: for every sample that falls on a running deal, in sample
-    /// order, the 32-byte leaf followed by its tree path (16-byte siblings, bottom up).
+    /// order, the 128-byte leaf followed by its tree path (16-byte siblings, bottom up).
     function submitProofs(uint64 epoch, bytes calldata blob) external {
         if (block.number <= epochStart(epoch) || block.number > epochStart(epoch) + proofWindow) {
             revert OutsideProofWindow(epoch);
@@ -462,7 +462,7 @@ contract CairnStorage {
                 if (start == 0 || epoch < start || epoch >= start + d.epochs) continue;
                 uint64 leafCount = d.leafCount;
                 uint256 depth = _depth(leafCount);
-                uint256 end = offset + 32 + depth * 16;
+                uint256 end = offset + LEAF_SIZE + depth * 16;
                 if (blob.length < end) revert MalformedProof();
                 if (!_verifyOne(blob[offset:end], (r >> 128) % leafCount, depth, d.commitment)) revert BadProof(j);
                 offset = end;
@@ -472,8 +472,10 @@ contract CairnStorage {
         if (offset != blob.length) revert MalformedProof();
     }
 
+    /// Bytes of a leaf.
+    uint256 internal constant LEAF_SIZE = 128;
     /// Inner nodes of height 1..SHA_LEVELS hash with SHA-256, higher ones with Keccak-256.
-    uint256 internal constant SHA_LEVELS = 5;
+    uint256 internal constant SHA_LEVELS = 3;
 
     /// Hash the leaf and its path in scratch memory (no allocation per level): SHA-256 (the
     /// precompile) for the leaf and the lowest SHA_LEVELS levels, Keccak-256 above.
@@ -482,10 +484,10 @@ contract CairnStorage {
             let high := not(sub(shl(128, 1), 1))
             let ptr := mload(0x40)
             mstore8(ptr, 0x00)
-            calldatacopy(add(ptr, 1), p.offset, 32)
-            if iszero(staticcall(gas(), 2, ptr, 33, ptr, 32)) { revert(0, 0) }
+            calldatacopy(add(ptr, 1), p.offset, LEAF_SIZE)
+            if iszero(staticcall(gas(), 2, ptr, add(LEAF_SIZE, 1), ptr, 32)) { revert(0, 0) }
             let h := and(mload(ptr), high)
-            let sibs := add(p.offset, 32)
+            let sibs := add(p.offset, LEAF_SIZE)
             for { let i := 0 } lt(i, depth) { i := add(i, 1) } {
                 let sib := and(calldataload(add(sibs, shl(4, i))), high)
                 switch and(index, 1)
@@ -547,7 +549,7 @@ contract CairnStorage {
     function reportMissed(address node, uint64 epoch, uint256 dealId) external {
         Deal storage d = _deal(dealId);
         if (d.node != node) revert NotDealNode();
-        if (d.start == 0 || epoch < d.start || epoch >= d.start + d.epochs) revert DealNotActive();
+        if (d.start == 0 || epoch < d.start || epoch >= uint64(d.start) + d.epochs) revert DealNotActive();
         if (block.number <= epochStart(epoch) + proofWindow) revert EpochNotOver();
         if (isProven(node, epoch)) revert EpochWasProven();
         if (isSlashed(node, epoch)) revert AlreadySlashed();

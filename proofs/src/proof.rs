@@ -7,7 +7,7 @@ use crate::tree::{
     leaf_hash, node_hash,
 };
 
-/// One proven leaf: its 32 bytes and the siblings from it to the root, bottom up.
+/// One proven leaf: its bytes and the siblings from it to the root, bottom up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proof {
     pub leaf: [u8; LEAF_SIZE],

@@ -14,7 +14,7 @@ fn reference_commitment(shards: &[Vec<u8>]) -> Commitment {
     }
     let leaf_count = (data.len() / LEAF_SIZE) as u64;
     let mut level: Vec<Node> = data.chunks(LEAF_SIZE).map(leaf_hash).collect();
-    level.resize(1 << depth(leaf_count), leaf_hash(&[0u8; 32]));
+    level.resize(1 << depth(leaf_count), leaf_hash(&[0u8; LEAF_SIZE]));
     let mut height = 0;
     while level.len() > 1 {
         height += 1;
@@ -49,7 +49,7 @@ fn chunk_of(shards: &[Vec<u8>], index: u64) -> Vec<u8> {
 
 #[test]
 fn node_hashes_are_truncated_sha256_with_prefixes() {
-    let leaf = [7u8; 32];
+    let leaf = [7u8; LEAF_SIZE];
     let mut m = vec![0u8];
     m.extend(leaf);
     assert_eq!(leaf_hash(&leaf)[..], Sha256::digest(&m)[..16]);
@@ -71,8 +71,8 @@ fn depth_is_ceil_log2() {
     assert_eq!(depth(1), 0);
     assert_eq!(depth(2), 1);
     assert_eq!(depth(3), 2);
-    assert_eq!(depth(2048), 11);
-    assert_eq!(depth(2049), 12);
+    assert_eq!(depth(CHUNK_LEAVES), CHUNK_LEVELS);
+    assert_eq!(depth(CHUNK_LEAVES + 1), CHUNK_LEVELS + 1);
 }
 
 #[test]
@@ -143,9 +143,10 @@ fn blob_is_leaf_then_siblings_per_proof() {
     let shards = vec![vec![9u8; 70_000]];
     let upper = upper_of(&shards);
     let a = prove(&upper, 1, &chunk_of(&shards, 1)).expect("held");
-    let b = prove(&upper, 2050, &chunk_of(&shards, 2050)).expect("held");
+    let far = CHUNK_LEAVES + 2;
+    let b = prove(&upper, far, &chunk_of(&shards, far)).expect("held");
     let blob = encode_blob(&[a.clone(), b]);
     assert_eq!(blob.len(), 2 * proof_size(upper.commitment().leaf_count));
-    assert_eq!(&blob[..32], &a.leaf);
-    assert_eq!(&blob[32..48], &a.siblings[0]);
+    assert_eq!(&blob[..LEAF_SIZE], &a.leaf);
+    assert_eq!(&blob[LEAF_SIZE..LEAF_SIZE + NODE_SIZE], &a.siblings[0]);
 }

@@ -1,12 +1,12 @@
 //! The proof tree over the data a node holds for one deal.
 //!
-//! Leaves are 32-byte pieces of the deal's data; tree nodes are 16 bytes, domain-separated
+//! Leaves are 128-byte pieces of the deal's data; tree nodes are 16 bytes, domain-separated
 //! (`0x00 || leaf` for leaves, `0x01 || left || right` inside): SHA-256 truncated for leaves
 //! and the nodes up to height `SHA_LEVELS` (1 KiB subtrees: fast to build off chain with the
 //! CPU's SHA extensions), Keccak-256 truncated above (cheap on chain: the EVM's own opcode
 //! instead of a precompile call, and only a few nodes per chunk to build). The data is
 //! the node's shards in manifest order, each zero-padded to a whole number of 64 KiB chunks,
-//! so every chunk is an aligned subtree of 2048 leaves whose root needs only that chunk. The
+//! so every chunk is an aligned subtree of 512 leaves whose root needs only that chunk. The
 //! tree is padded to a power of two with all-zero data. Reasons and numbers: `PROOFS.md`.
 
 use sha2::compress256;
@@ -16,15 +16,16 @@ pub type Node = [u8; NODE_SIZE];
 /// Bytes of a tree node.
 pub const NODE_SIZE: usize = 16;
 /// Bytes of a leaf.
-pub const LEAF_SIZE: usize = 32;
+pub const LEAF_SIZE: usize = 128;
 /// Bytes of a chunk: the unit a shard is padded to and a proof reads.
 pub const CHUNK_SIZE: usize = 64 * 1024;
 /// Leaves of a chunk.
 pub const CHUNK_LEAVES: u64 = (CHUNK_SIZE / LEAF_SIZE) as u64;
 /// Levels from a leaf to its chunk's root.
-pub const CHUNK_LEVELS: usize = 11;
-/// Inner nodes of height 1..=SHA_LEVELS hash with SHA-256, higher ones with Keccak-256.
-pub const SHA_LEVELS: usize = 5;
+pub const CHUNK_LEVELS: usize = 9;
+/// Inner nodes of height 1..=SHA_LEVELS (subtrees up to 1 KiB) hash with SHA-256, higher ones
+/// with Keccak-256.
+pub const SHA_LEVELS: usize = 3;
 
 const H0: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
@@ -34,7 +35,7 @@ const H0: [u32; 8] = [
 // sha2 0.10's block type is generic-array 0.14's, which that crate marks deprecated.
 #[allow(deprecated)]
 fn hash33(prefix: u8, a: &[u8], b: &[u8]) -> Node {
-    debug_assert_eq!(a.len() + b.len(), 32);
+    debug_assert_eq!(a.len() + b.len(), 2 * NODE_SIZE);
     let mut block = [0u8; 64];
     block[0] = prefix;
     block[1..1 + a.len()].copy_from_slice(a);
@@ -53,9 +54,28 @@ fn hash33(prefix: u8, a: &[u8], b: &[u8]) -> Node {
     out
 }
 
-/// Hash of a 32-byte leaf.
+/// Hash of a leaf: SHA-256 of `0x00 || leaf` (129 bytes, three compressions), truncated.
+// sha2 0.10's block type is generic-array 0.14's, which that crate marks deprecated.
+#[allow(deprecated)]
 pub fn leaf_hash(leaf: &[u8]) -> Node {
-    hash33(0x00, leaf, &[])
+    debug_assert_eq!(leaf.len(), LEAF_SIZE);
+    let mut blocks = [[0u8; 64]; 3];
+    blocks[0][0] = 0x00;
+    blocks[0][1..].copy_from_slice(&leaf[..63]);
+    blocks[1].copy_from_slice(&leaf[63..127]);
+    blocks[2][0] = leaf[127];
+    blocks[2][1] = 0x80;
+    blocks[2][56..].copy_from_slice(&((1 + LEAF_SIZE as u64) * 8).to_be_bytes());
+    let mut state = H0;
+    compress256(
+        &mut state,
+        &blocks.map(sha2::digest::generic_array::GenericArray::from),
+    );
+    let mut out = [0u8; NODE_SIZE];
+    for (o, w) in out.chunks_exact_mut(4).zip(state) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+    out
 }
 
 /// Hash of an inner node of height `height` (>= 1; leaves' hashes are height 0).
@@ -93,7 +113,7 @@ pub fn depth(leaf_count: u64) -> usize {
     (64 - leaf_count.saturating_sub(1).leading_zeros()) as usize
 }
 
-/// The 2048-leaf subtree of one chunk, all levels (leaf hashes first, root last).
+/// The 512-leaf subtree of one chunk, all levels (leaf hashes first, root last).
 #[derive(Debug, Clone)]
 pub struct ChunkTree {
     levels: Vec<Vec<Node>>,

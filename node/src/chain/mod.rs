@@ -163,6 +163,8 @@ impl Params {
 pub trait ProofChain {
     fn me(&self) -> Address;
     async fn block_number(&self) -> Result<u64, ChainError>;
+    /// This node's account balance, in wei.
+    async fn balance(&self) -> Result<U256, ChainError>;
     async fn params(&self) -> Result<Params, ChainError>;
     async fn epoch_seed(&self, epoch: u64) -> Result<[u8; 32], ChainError>;
     async fn deal(&self, id: u64) -> Result<DealInfo, ChainError>;
@@ -471,6 +473,13 @@ impl ProofChain for Chain {
             .map_err(rpc("eth_blockNumber"))
     }
 
+    async fn balance(&self) -> Result<U256, ChainError> {
+        self.provider
+            .get_balance(self.me)
+            .await
+            .map_err(rpc("eth_getBalance"))
+    }
+
     async fn params(&self) -> Result<Params, ChainError> {
         let c = &self.contract;
         let e = |n| move |err| from_contract(n, err);
@@ -509,10 +518,10 @@ impl ProofChain for Chain {
             id,
             node: d.node,
             client: d.client,
-            start: d.start,
+            start: d.start.to::<u64>(),
             epochs: u64::from(d.epochs),
             commitment: d.commitment.0,
-            leaf_count: d.leafCount,
+            leaf_count: d.leafCount.to::<u64>(),
             checkpoint: d.checkpoint,
             state: d.state,
         })

@@ -154,6 +154,11 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         if self.done_epoch.is_some_and(|d| d >= epoch) || block <= self.params.epoch_start(epoch) {
             return Ok(());
         }
+        let wei = self.chain.balance().await?;
+        let gwei = wei / alloy::primitives::U256::from(1_000_000_000u64);
+        self.metrics
+            .balance_gwei
+            .set(i64::try_from(gwei).unwrap_or(i64::MAX));
         if self.params.is_over(epoch, block + 1) {
             // Too late for this one (the node was busy or just started).
             self.done_epoch = Some(epoch);
