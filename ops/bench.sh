@@ -2,7 +2,8 @@
 # Benchmarks, in one run on this machine: raw coding and hashing against the put and get
 # pipelines (ratios), then the node's peak RSS during a 4 GiB put and get, then the network:
 # raw quinn against libp2p streams and a Cairn get from an 8-node devnet (ratios), and the
-# gateway's peak RSS during a 4 GiB get (CAIRN_BENCH_RSS_MIB, 0 skips).
+# gateway's peak RSS during a 4 GiB get (CAIRN_BENCH_RSS_MIB, 0 skips); the proof tree's
+# build speed against plain hashing, and the gas of proofs on anvil.
 # CAIRN_BENCH_GIB sets the RSS run's size (default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ cd "$(dirname "$0")/.."
 cargo build --release -p cairn-node --bin cairn
 cargo bench -p cairn-node --bench pipeline
 cargo bench -p cairn-node --bench cluster
+cargo bench -p cairn-proofs --bench tree
+cargo bench -p cairn-node --bench gas
 
 gib=${CAIRN_BENCH_GIB:-4}
 work=$(mktemp -d)
