@@ -898,3 +898,58 @@ fn every_custom_error_is_tested() {
         assert!(provoked >= 2, "no test expects {name}");
     }
 }
+
+/// `cairn deploy` takes the RPC URL and the key from the environment and prints the address
+/// of a contract with the parameters asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_command_uses_the_environment() {
+    let anvil = Anvil::at(anvil_bin()).try_spawn().expect("anvil");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "deploy",
+            "--epoch-blocks",
+            "20",
+            "--proof-window",
+            "7",
+            "--samples",
+            "5",
+        ])
+        .env("CAIRN_RPC_URL", anvil.endpoint())
+        .env("CAIRN_CHAIN_KEY", key_hex(&anvil, 3))
+        .output()
+        .expect("run cairn deploy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let address = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let c = Chain::connect(&anvil.endpoint(), &address, &key_hex(&anvil, 0)).expect("client");
+    let p = c.params().await.expect("the contract answers");
+    assert_eq!((p.epoch_blocks, p.proof_window, p.samples), (20, 7, 5));
+    // Without a key: a clear error, nothing deployed.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["deploy"])
+        .env("CAIRN_RPC_URL", anvil.endpoint())
+        .env_remove("CAIRN_CHAIN_KEY")
+        .output()
+        .expect("run cairn deploy");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAIRN_CHAIN_KEY"));
+    // Parameters the contract refuses: its error, decoded.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["deploy", "--epoch-blocks", "5", "--proof-window", "5"])
+        .env("CAIRN_RPC_URL", anvil.endpoint())
+        .env("CAIRN_CHAIN_KEY", key_hex(&anvil, 3))
+        .output()
+        .expect("run cairn deploy");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("BadParameters"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

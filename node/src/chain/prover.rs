@@ -409,3 +409,72 @@ impl<C: ProofChain> Watcher<C> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_erasure::Layout;
+    use cairn_storage::MemBackend;
+
+    /// A node holding one checkpoint; its deal covers every shard.
+    fn held() -> (Store<MemBackend>, HashMap<u64, HeldDeal>) {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("store");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        let upload = crate::pipeline::Upload::File {
+            path: "w.bin".into(),
+            reader: &data[..],
+        };
+        let layout = Layout::new(2, 1, 128 << 10).expect("layout");
+        let (root, manifest) =
+            crate::pipeline::ingest(&store, layout, upload, "w", &|_| {}).expect("ingest");
+        let data = held_data(&store, &root, &manifest).expect("held");
+        let c = data.commitment();
+        let info = DealInfo {
+            id: 7,
+            node: Address::ZERO,
+            client: Address::ZERO,
+            start: 1,
+            epochs: 10,
+            commitment: c.root,
+            leaf_count: c.leaf_count,
+            checkpoint: super::super::root_word(&root),
+            state: 2,
+        };
+        let deal = HeldDeal {
+            info,
+            data: Some(Arc::new(data)),
+        };
+        (store, HashMap::from([(7, deal)]))
+    }
+
+    #[test]
+    fn proofs_verify_and_changed_data_sends_nothing() {
+        let (store, held) = held();
+        let me = Address::repeat_byte(3);
+        let proofs = build_epoch_proofs(&store, &held, &[7], &[9; 32], &me, 4, 8).expect("proofs");
+        assert_eq!(proofs.len(), 8);
+        // An epoch the deal does not run in: nothing to prove.
+        let none = build_epoch_proofs(&store, &held, &[7], &[9; 32], &me, 11, 8).expect("void");
+        assert!(none.is_empty());
+        // A deal id this node never took up fails the epoch instead of skipping it.
+        assert!(matches!(
+            build_epoch_proofs(&store, &held, &[8], &[9; 32], &me, 4, 8),
+            Err(ProveEpochError::NotHeld(8))
+        ));
+        // Flip one byte in every shard: every sample now reads data that fails its hash, and
+        // no proof comes out.
+        let pieces = held[&7].data.as_ref().expect("data").pieces.clone();
+        for p in &pieces {
+            assert!(store.backend().flip_blob_byte(&p.cid.to_bytes(), 0));
+            for at in (16 << 10..p.len as usize).step_by(16 << 10) {
+                store.backend().flip_blob_byte(&p.cid.to_bytes(), at);
+            }
+        }
+        let err = build_epoch_proofs(&store, &held, &[7], &[9; 32], &me, 4, 8)
+            .expect_err("corrupt data proves nothing");
+        assert!(
+            matches!(err, ProveEpochError::Data { deal: 7, .. }),
+            "{err}"
+        );
+    }
+}
