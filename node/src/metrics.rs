@@ -311,6 +311,11 @@ impl Metrics {
                 "Last epoch this node proved on chain",
                 &proofs.last_proven_epoch,
             ),
+            (
+                "chain_balance_gwei",
+                "Balance of this node's chain account, in gwei",
+                &proofs.balance_gwei,
+            ),
         ] {
             reg.register(name, help, m.clone());
         }
@@ -399,6 +404,7 @@ mod tests {
             "cairn_p2p_connected_peers 0",
             "cairn_proof_epochs_proven_total 0",
             "cairn_proof_missed_reported_total 0",
+            "cairn_chain_balance_gwei 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

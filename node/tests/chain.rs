@@ -415,6 +415,7 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
     }
     let reporter = net.node_index(stopped_slash.1.reporter);
     assert!(metric(&net.url(reporter), "cairn_proof_missed_reported_total").await >= 1.0);
+    assert!(metric(&net.url(reporter), "cairn_chain_balance_gwei").await > 0.0);
 
     // The corrupt node never sent a proof that failed: it counted the corruption instead.
     let bad_url = net.url(bad);
