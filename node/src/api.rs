@@ -527,9 +527,10 @@ async fn put_checkpoint<B: Backend>(
                         .map_err(|e| ApiError::internal(e.to_string()))
                 })
                 .await
-                .ok()
+                .map(Some)
+                .map_err(|e| e.message)
             } else {
-                None
+                Ok(None)
             };
             let net = s.cluster.as_ref().map(|c| &c.net);
             let name = q

@@ -155,7 +155,7 @@ pub enum DevnetCommand {
         /// Start no local chain (no proofs, deals or provenance).
         #[arg(long)]
         no_chain: bool,
-        /// Blocks (one per second) per epoch on the devnet chain.
+        /// Blocks (one per second) per epoch on the devnet chain (at least 3).
         #[arg(long, default_value_t = 4)]
         epoch_blocks: u64,
     },

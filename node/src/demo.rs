@@ -62,10 +62,12 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
     if let Some(c) = &put.chain {
         eprintln!(
             "chain: provenance {}, {} storage deals proposed{}",
-            if c.published {
+            if c.error.is_some() {
+                "not recorded"
+            } else if c.published {
                 "recorded"
             } else {
-                "already recorded"
+                "recorded before"
             },
             c.deals.len(),
             c.error

@@ -71,8 +71,11 @@ pub fn anvil_path() -> Result<PathBuf> {
 /// with devnet parameters: epochs of `epoch_blocks` seconds.
 async fn start_chain(dir: &Path, accounts: usize, epoch_blocks: u64) -> Result<DevnetChain> {
     use std::os::unix::process::CommandExt;
-    if epoch_blocks < 2 {
-        bail!("an epoch needs at least 2 blocks (one to draw the challenge, one to prove)");
+    if epoch_blocks < 3 {
+        bail!(
+            "an epoch needs at least 3 blocks (its first draws the challenges; proofs land in \
+             the next ones, and the window is shorter than the epoch)"
+        );
     }
     let log_path = dir.join("anvil.log");
     let log = std::fs::File::create(&log_path)?;

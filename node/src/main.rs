@@ -82,10 +82,12 @@ async fn main() -> Result<()> {
             if let Some(c) = &a.chain {
                 eprintln!(
                     "chain: {}, {} deals proposed{}{}",
-                    if c.published {
+                    if c.error.is_some() {
+                        "failed"
+                    } else if c.published {
                         "provenance recorded"
                     } else {
-                        "provenance already recorded"
+                        "provenance recorded before"
                     },
                     c.deals.len(),
                     c.skipped

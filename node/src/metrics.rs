@@ -120,7 +120,7 @@ impl std::fmt::Debug for SwarmMetrics {
 pub struct ProofMetrics {
     /// The chain's current epoch as last seen.
     pub current_epoch: Gauge,
-    /// Deals this node has accepted and proves.
+    /// Deals this node accepted that run in the current epoch.
     pub deals: Gauge,
     /// Epochs whose proofs this node got onto the chain.
     pub epochs_proven: Counter,
@@ -303,7 +303,7 @@ impl Metrics {
             ),
             (
                 "proof_deals",
-                "Storage deals this node has accepted and proves",
+                "Storage deals this node accepted that run in the current epoch",
                 &proofs.deals,
             ),
             (

@@ -280,6 +280,30 @@ async fn constructor_rejects_bad_parameters() {
         .map(|_| ()),
         "BadParameters",
     );
+    // A proof needs a block after the seed's: a window of one block could never be met.
+    refused(
+        Env::with(DeployArgs {
+            epoch_blocks: 4,
+            proof_window: 1,
+            reward_bps: 100,
+            ..bad
+        })
+        .await
+        .map(|_| ()),
+        "BadParameters",
+    );
+    // Stake must stay slashable for at least one epoch after the last deal ends.
+    refused(
+        Env::with(DeployArgs {
+            epoch_blocks: 4,
+            proof_window: 2,
+            unbonding_epochs: 0,
+            ..bad
+        })
+        .await
+        .map(|_| ()),
+        "BadParameters",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,6 +412,24 @@ async fn provenance_is_append_only_with_known_parents() {
         .await,
         "AlreadyPublished",
     );
+    // A re-put by the same publisher only adds deals; anyone else, or another parent: refused.
+    let price = alloy::primitives::Uint::<88, 2>::from(1u64);
+    let re = k.publishWithDeals(word(2), word(1), word(8), vec![], vec![], vec![], 1, price);
+    send(&p, re).await.expect("the publisher adds deals");
+    let re = k.publishWithDeals(
+        word(2),
+        B256::ZERO,
+        word(8),
+        vec![],
+        vec![],
+        vec![],
+        1,
+        price,
+    );
+    refused(send(&p, re).await, "AlreadyPublished");
+    let ok = other.contract();
+    let re = ok.publishWithDeals(word(2), word(1), word(8), vec![], vec![], vec![], 1, price);
+    refused(send(&other, re).await, "AlreadyPublished");
     let r = p.record(word(2)).await.expect("record").expect("exists");
     assert_eq!(
         (r.publisher, r.parent, r.meta_hash),

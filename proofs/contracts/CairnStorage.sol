@@ -153,10 +153,13 @@ contract CairnStorage {
         uint8 samplesPerEpoch_
     ) {
         // The seed of an epoch is a block hash, readable for 256 blocks only; proofs of an
-        // epoch arrive within it, so the deals it samples are fixed when it starts.
+        // epoch arrive within it, so the deals it samples are fixed when it starts. A prover
+        // sees the seed block, then its proof lands in a later one: a window of 2 at least.
+        // Stake leaves at the earliest one epoch after the last deal ends, so its last epoch
+        // can still be reported.
         if (
-            proofWindow_ == 0 || proofWindow_ >= epochBlocks_ || proofWindow_ > 255 || rewardBps_ > 10_000
-                || samplesPerEpoch_ == 0 || minStake_ == 0 || slashAmount_ == 0
+            proofWindow_ < 2 || proofWindow_ >= epochBlocks_ || proofWindow_ > 255 || rewardBps_ > 10_000
+                || samplesPerEpoch_ == 0 || minStake_ == 0 || slashAmount_ == 0 || unbondingEpochs_ == 0
         ) revert BadParameters();
         minStake = minStake_;
         epochBlocks = epochBlocks_;
@@ -263,6 +266,14 @@ contract CairnStorage {
         _publish(root, parent, metaHash);
     }
 
+    /// Publish, or accept that the caller already published `root` with this parent (a re-put
+    /// adds deals); a record of anyone else is refused.
+    function _publishOrOwn(bytes32 root, bytes32 parent, bytes32 metaHash) internal {
+        Record storage r = records[root];
+        if (r.publisher == address(0)) _publish(root, parent, metaHash);
+        else if (r.publisher != msg.sender || r.parent != parent) revert AlreadyPublished();
+    }
+
     function _publish(bytes32 root, bytes32 parent, bytes32 metaHash) internal {
         if (root == bytes32(0)) revert ZeroRoot();
         if (records[root].publisher != address(0)) revert AlreadyPublished();
@@ -272,7 +283,7 @@ contract CairnStorage {
     }
 
     /// Publish a checkpoint and propose one deal per storing node in one transaction (what a
-    /// put does). `msg.value` pays every deal: nodes.length * epochs * pricePerEpoch.
+    /// put does); if the caller already published it with this parent, only the deals. `msg.value` pays every deal: nodes.length * epochs * pricePerEpoch.
     function publishWithDeals(
         bytes32 root,
         bytes32 parent,
@@ -284,7 +295,7 @@ contract CairnStorage {
         uint88 pricePerEpoch
     ) external payable returns (uint256 firstId) {
         if (nodes_.length != commitments.length || nodes_.length != leafCounts.length) revert InvalidDeal();
-        _publish(root, parent, metaHash);
+        _publishOrOwn(root, parent, metaHash);
         uint256 total = nodes_.length * uint256(epochs) * pricePerEpoch;
         if (msg.value != total) revert WrongPayment(total);
         firstId = dealCount + 1;

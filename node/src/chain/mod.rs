@@ -318,8 +318,9 @@ impl Chain {
         Ok(())
     }
 
-    /// Record `root` and propose a deal to each of `targets` in one transaction; returns the
-    /// deal ids, in the order of `targets`.
+    /// Record `root` (unless this account already did, with this parent) and propose a deal
+    /// to each of `targets` in one transaction; returns whether the record was written now
+    /// and the deal ids, in the order of `targets`.
     pub async fn publish_with_deals(
         &self,
         root: &Cid,
@@ -328,7 +329,7 @@ impl Chain {
         targets: &[(Address, cairn_proofs::Commitment)],
         epochs: u32,
         price: U256,
-    ) -> Result<Vec<u64>, ChainError> {
+    ) -> Result<(bool, Vec<u64>), ChainError> {
         let price88 = alloy::primitives::Uint::<88, 2>::checked_from_limbs_slice(price.as_limbs())
             .ok_or_else(|| ChainError::Config(format!("deal price {price} wei is too large")))?;
         let parent = parent.map(root_word).unwrap_or_default();
@@ -346,13 +347,16 @@ impl Chain {
             )
             .value(price * U256::from(epochs) * U256::from(targets.len()));
         let receipt = self.send("publishWithDeals", b).await?;
-        Ok(receipt
-            .inner
-            .logs()
+        let logs = receipt.inner.logs();
+        let published = logs
+            .iter()
+            .any(|l| l.log_decode::<CairnStorage::Published>().is_ok());
+        let ids = logs
             .iter()
             .filter_map(|l| l.log_decode::<CairnStorage::DealProposed>().ok())
             .map(|l| l.inner.data.id.saturating_to::<u64>())
-            .collect())
+            .collect();
+        Ok((published, ids))
     }
 
     /// Whether `node` is registered.

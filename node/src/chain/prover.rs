@@ -2,7 +2,7 @@
 //! node stores, and each epoch proves its challenged leaves, early in the window, only with
 //! proofs it has verified itself. The watcher reports other nodes' missed epochs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,9 +109,10 @@ pub struct Prover<C, B: Backend> {
     metrics: ProofMetrics,
     params: Params,
     held: HashMap<u64, HeldDeal>,
-    /// Deals of other nodes, or refused, or ended: never looked at again.
-    skipped: HashSet<u64>,
+    /// Deals to look at again next round (an RPC failed, or accepting them did).
+    retry: Vec<u64>,
     scanned: u64,
+    started: bool,
     done_epoch: Option<u64>,
 }
 
@@ -124,8 +125,9 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
             metrics,
             params,
             held: HashMap::new(),
-            skipped: HashSet::new(),
+            retry: Vec::new(),
             scanned: 0,
+            started: false,
             done_epoch: None,
         })
     }
@@ -145,41 +147,64 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         }
     }
 
-    /// One round: take up new deals, then prove the current epoch if not done yet.
+    /// One round: prove the current epoch if not done yet, then take up new deals (which can
+    /// take seconds per GiB: the proof window comes first). The first round after a start
+    /// takes up this node's deals before anything else.
     pub async fn step(&mut self) -> Result<(), ChainError> {
-        self.scan_deals().await?;
+        let me = self.chain.me();
+        if !self.started {
+            self.scan_deals().await?;
+            let epoch = self.params.epoch_of(self.chain.block_number().await?);
+            if epoch > 0 && self.chain.is_proven(me, epoch - 1).await? {
+                self.metrics.last_proven_epoch.set((epoch - 1) as i64);
+            }
+            self.started = true;
+        }
         let block = self.chain.block_number().await?;
         let epoch = self.params.epoch_of(block);
         self.metrics.current_epoch.set(epoch as i64);
-        if self.done_epoch.is_some_and(|d| d >= epoch) || block <= self.params.epoch_start(epoch) {
-            return Ok(());
+        let running = self.held.values().filter(|d| d.info.runs_in(epoch)).count();
+        self.metrics.deals.set(running as i64);
+        if self.done_epoch.is_none_or(|d| d < epoch) && block > self.params.epoch_start(epoch) {
+            let wei = self.chain.balance().await?;
+            let gwei = wei / alloy::primitives::U256::from(1_000_000_000u64);
+            self.metrics
+                .balance_gwei
+                .set(i64::try_from(gwei).unwrap_or(i64::MAX));
+            if self.params.is_over(epoch, block + 1) {
+                // Too late for this one (the node was busy or just started).
+                self.done_epoch = Some(epoch);
+            } else {
+                self.prove_epoch(epoch).await?;
+            }
         }
-        let wei = self.chain.balance().await?;
-        let gwei = wei / alloy::primitives::U256::from(1_000_000_000u64);
-        self.metrics
-            .balance_gwei
-            .set(i64::try_from(gwei).unwrap_or(i64::MAX));
-        if self.params.is_over(epoch, block + 1) {
-            // Too late for this one (the node was busy or just started).
-            self.done_epoch = Some(epoch);
-            return Ok(());
+        // Ended deals are never challenged again: keep what they were, drop their trees.
+        for d in self.held.values_mut() {
+            if d.info.start + d.info.epochs <= epoch {
+                d.data = None;
+            }
         }
-        self.prove_epoch(epoch).await
+        self.scan_deals().await
     }
 
     async fn scan_deals(&mut self) -> Result<(), ChainError> {
+        let me = self.chain.me();
         let count = self.chain.deal_count().await?;
-        while self.scanned < count {
-            let id = self.scanned + 1;
-            let info = self.chain.deal(id).await?;
-            if info.node != self.chain.me() || info.state == 3 {
-                self.skipped.insert(id);
-            } else {
-                self.take_up(info).await?;
+        let mut todo: VecDeque<u64> = std::mem::take(&mut self.retry).into();
+        todo.extend(self.scanned + 1..=count);
+        self.scanned = self.scanned.max(count);
+        while let Some(id) = todo.pop_front() {
+            let done = match self.chain.deal(id).await {
+                Ok(info) if info.node == me && info.state != 3 => self.take_up(info).await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                self.retry.push(id);
+                self.retry.extend(todo);
+                return Err(e);
             }
-            self.scanned = id;
         }
-        self.metrics.deals.set(self.held.len() as i64);
         Ok(())
     }
 
@@ -200,30 +225,35 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         let data = match data {
             Ok(d) => d,
             Err(e) if info.state == 2 => {
-                error!(deal = id, %root, error = %e, "cannot read the data of a deal this node accepted");
-                self.metrics.corrupt.inc();
-                self.held.insert(id, HeldDeal { info, data: None });
+                self.lost(info, &e.to_string());
                 return Ok(());
             }
             Err(e) => {
                 warn!(deal = id, %root, error = %e, "cannot read the data of a deal offered to this node; not taking it");
-                self.skipped.insert(id);
                 return Ok(());
             }
         };
         let c = data.commitment();
         if c.root != info.commitment || c.leaf_count != info.leaf_count {
-            warn!(deal = id, %root, "a deal's commitment does not match the shards held here; not accepting it");
-            self.skipped.insert(id);
+            if info.state == 2 {
+                self.lost(info, "the shards held no longer match its commitment");
+            } else {
+                warn!(deal = id, %root, "a deal's commitment does not match the shards held here; not accepting it");
+            }
             return Ok(());
         }
         let mut info = info;
         if info.state == 1 {
-            match self.chain.accept_deal(id).await {
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(deal = id, error = %e, "cannot accept a deal");
-                    self.skipped.insert(id);
+            if let Err(e) = self.chain.accept_deal(id).await {
+                // A timeout or a lost answer may still have been mined: look again.
+                let now = self.chain.deal(id).await?;
+                if now.state == 1 && e.reason().is_none() {
+                    warn!(deal = id, error = %e, "cannot accept a deal yet; trying again");
+                    self.retry.push(id);
+                    return Ok(());
+                }
+                if now.state != 2 {
+                    warn!(deal = id, error = %e, "the contract refused this node's acceptance of a deal");
                     return Ok(());
                 }
             }
@@ -238,6 +268,15 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
             },
         );
         Ok(())
+    }
+
+    /// An accepted deal whose data is gone: kept (its epochs must still be proven, and every
+    /// sample falling on it now fails the epoch), logged and counted.
+    fn lost(&mut self, info: DealInfo, why: &str) {
+        let root = word_root(&info.checkpoint);
+        error!(deal = info.id, %root, why, "this node accepted a deal whose data it cannot prove");
+        self.metrics.corrupt.inc();
+        self.held.insert(info.id, HeldDeal { info, data: None });
     }
 
     async fn prove_epoch(&mut self, epoch: u64) -> Result<(), ChainError> {
@@ -348,16 +387,19 @@ impl<C: ProofChain> Watcher<C> {
             self.scanned += 1;
             self.pending.push(self.scanned);
         }
-        let mut still = Vec::new();
-        for id in std::mem::take(&mut self.pending) {
-            let d = self.chain.deal(id).await?;
-            match d.state {
-                1 => still.push(id),
-                2 if d.node != me => self.deals.push(d),
-                _ => {}
+        let mut todo: VecDeque<u64> = std::mem::take(&mut self.pending).into();
+        while let Some(id) = todo.pop_front() {
+            match self.chain.deal(id).await {
+                Ok(d) if d.state == 1 => self.pending.push(id),
+                Ok(d) if d.state == 2 && d.node != me => self.deals.push(d),
+                Ok(_) => {}
+                Err(e) => {
+                    self.pending.push(id);
+                    self.pending.extend(todo);
+                    return Err(e);
+                }
             }
         }
-        self.pending = still;
         let block = self.chain.block_number().await?;
         let now = self.params.epoch_of(block);
         let last_over = if self.params.is_over(now, block) {
@@ -376,6 +418,8 @@ impl<C: ProofChain> Watcher<C> {
             self.check_epoch(epoch).await?;
             self.checked = Some(epoch);
         }
+        // Deals ended before the last checked epoch cannot be missed any more.
+        self.deals.retain(|d| d.start + d.epochs > last_over);
         Ok(())
     }
 

@@ -25,7 +25,8 @@ pub struct Publisher {
 /// What happened on chain for one put (part of the put's answer).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChainReport {
-    /// The provenance record was written by this put (false when it already existed).
+    /// The provenance record was written by this put (false when this node had recorded it
+    /// before: a re-put only adds deals).
     pub published: bool,
     /// Deals proposed: (node account, deal id).
     pub deals: Vec<(String, u64)>,
@@ -45,9 +46,13 @@ impl Publisher {
         parent: Option<&Cid>,
         name: &str,
         commitments: HashMap<PeerId, Commitment>,
-        own: Option<Commitment>,
+        own: Result<Option<Commitment>, String>,
     ) -> ChainReport {
         let mut report = ChainReport::default();
+        let own = own.unwrap_or_else(|e| {
+            report.skipped.push(format!("this node: {e}"));
+            None
+        });
         let meta = B256::from(*blake3::hash(name.as_bytes()).as_bytes());
         let mut targets: Vec<(Address, Commitment)> = Vec::new();
         if let Some(c) = own {
@@ -92,8 +97,8 @@ impl Publisher {
             )
             .await
         {
-            Ok(ids) => {
-                report.published = true;
+            Ok((published, ids)) => {
+                report.published = published;
                 for ((node, c), id) in registered.iter().zip(ids) {
                     info!(%root, %node, deal = id, leaves = c.leaf_count, "deal proposed");
                     report.deals.push((node.to_string(), id));
@@ -103,7 +108,10 @@ impl Publisher {
                 if e.reason()
                     .is_some_and(|r| r.starts_with("AlreadyPublished")) =>
             {
-                info!(%root, "checkpoint already recorded on chain; no new deals");
+                let why = "the checkpoint is recorded on chain by another publisher (or with \
+                           another parent); no deals made";
+                warn!(%root, "{why}");
+                report.error = Some(why.into());
             }
             Err(e) => {
                 warn!(%root, error = %e, "cannot record the checkpoint and its deals on chain");
