@@ -46,6 +46,25 @@ pub enum ProveEpochError {
     Chain(#[from] ChainError),
 }
 
+/// The rounds of a chain task: one per `poll`, delayed (not bunched) after a slow round.
+struct Ticker(tokio::time::Interval);
+
+impl Ticker {
+    fn new(poll: Duration) -> Self {
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self(tick)
+    }
+
+    /// Wait for the next round; false once `cancel` fires.
+    async fn next(&mut self, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = self.0.tick() => true,
+        }
+    }
+}
+
 /// A deal this node proves.
 #[derive(Debug, Clone)]
 pub struct HeldDeal {
@@ -134,13 +153,8 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
 
     /// Run until cancelled, polling the chain every `poll`.
     pub async fn run(mut self, poll: Duration, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut tick = Ticker::new(poll);
+        while tick.next(&cancel).await {
             if let Err(e) = self.step().await {
                 warn!(error = %e, "prover step failed; retrying");
             }
@@ -366,13 +380,8 @@ impl<C: ProofChain> Watcher<C> {
     }
 
     pub async fn run(mut self, poll: Duration, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut tick = Ticker::new(poll);
+        while tick.next(&cancel).await {
             if let Err(e) = self.step().await {
                 warn!(error = %e, "watcher step failed; retrying");
             }
