@@ -45,14 +45,8 @@ struct Row {
     calldata: f64,
 }
 
-fn anvil_bin() -> String {
-    std::env::var("CAIRN_ANVIL").unwrap_or_else(|_| {
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../proofs/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
-        )
-        .to_owned()
-    })
+fn anvil_bin() -> std::path::PathBuf {
+    cairn_node::chain::anvil_path().expect("anvil (./ops/install.sh installs it)")
 }
 
 async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {

@@ -43,30 +43,6 @@ pub struct DevnetChain {
     pub epoch_blocks: u64,
 }
 
-/// Where anvil is: $CAIRN_ANVIL, or the copy `ops/install.sh` puts under
-/// `proofs/node_modules` (searched from the working directory and the binary's location up).
-pub fn anvil_path() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("CAIRN_ANVIL") {
-        return Ok(PathBuf::from(p));
-    }
-    let rel = Path::new("proofs/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-    let mut starts = vec![std::env::current_dir()?];
-    if let Ok(exe) = std::env::current_exe() {
-        starts.push(exe);
-    }
-    for start in starts {
-        for dir in start.ancestors() {
-            let p = dir.join(rel);
-            if p.exists() {
-                return Ok(p);
-            }
-        }
-    }
-    bail!(
-        "anvil not found: run ./ops/install.sh (it installs it under proofs/node_modules) or set CAIRN_ANVIL"
-    )
-}
-
 /// Start anvil (one block a second, `accounts` funded dev accounts) and deploy the contract
 /// with devnet parameters: epochs of `epoch_blocks` seconds.
 async fn start_chain(dir: &Path, accounts: usize, epoch_blocks: u64) -> Result<DevnetChain> {
@@ -80,7 +56,7 @@ async fn start_chain(dir: &Path, accounts: usize, epoch_blocks: u64) -> Result<D
     let log_path = dir.join("anvil.log");
     let log = std::fs::File::create(&log_path)?;
     let out = dir.join("anvil-accounts.json");
-    let mut child = Command::new(anvil_path()?)
+    let mut child = Command::new(cairn_node::chain::anvil_path()?)
         .args([
             "--host",
             "127.0.0.1",

@@ -35,14 +35,8 @@ fn slash() -> U256 {
     eth(1) / U256::from(10u64)
 }
 
-fn anvil_bin() -> String {
-    std::env::var("CAIRN_ANVIL").unwrap_or_else(|_| {
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../proofs/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
-        )
-        .to_owned()
-    })
+fn anvil_bin() -> std::path::PathBuf {
+    cairn_node::chain::anvil_path().expect("anvil (./ops/install.sh installs it)")
 }
 
 /// A fresh chain (mining only when asked) with the contract deployed by account 0.

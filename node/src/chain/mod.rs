@@ -95,6 +95,29 @@ fn rpc(call: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> 
     }
 }
 
+/// Where anvil is: $CAIRN_ANVIL, or the copy `ops/install.sh` puts under
+/// `proofs/node_modules`, searched from the working directory and the binary's location up.
+pub fn anvil_path() -> Result<std::path::PathBuf, ChainError> {
+    if let Ok(p) = std::env::var("CAIRN_ANVIL") {
+        return Ok(p.into());
+    }
+    let rel = std::path::Path::new("proofs/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    let starts = [std::env::current_dir().ok(), std::env::current_exe().ok()];
+    starts
+        .iter()
+        .flatten()
+        .flat_map(|s| s.ancestors())
+        .map(|d| d.join(rel))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            ChainError::Config(
+                "anvil not found: run ./ops/install.sh (it installs it under proofs/node_modules) \
+                 or set CAIRN_ANVIL"
+                    .into(),
+            )
+        })
+}
+
 /// The 32 bytes a checkpoint's root CID is recorded as on chain (its BLAKE3 digest).
 pub fn root_word(root: &Cid) -> B256 {
     let digest = root.hash().digest();
@@ -302,22 +325,6 @@ impl Chain {
         Ok(true)
     }
 
-    /// Record a checkpoint's provenance.
-    pub async fn publish(
-        &self,
-        root: &Cid,
-        parent: Option<&Cid>,
-        meta: B256,
-    ) -> Result<(), ChainError> {
-        let parent = parent.map(root_word).unwrap_or_default();
-        self.send(
-            "publish",
-            self.contract.publish(root_word(root), parent, meta),
-        )
-        .await?;
-        Ok(())
-    }
-
     /// Record `root` (unless this account already did, with this parent) and propose a deal
     /// to each of `targets` in one transaction; returns whether the record was written now
     /// and the deal ids, in the order of `targets`.
@@ -388,41 +395,6 @@ impl Chain {
             meta_hash: r.metaHash,
             block: r.blockNumber,
         }))
-    }
-
-    /// Propose a deal to `node`, escrowing `epochs * price`; returns the deal id.
-    pub async fn propose_deal(
-        &self,
-        node: Address,
-        root: &Cid,
-        c: &cairn_proofs::Commitment,
-        epochs: u32,
-        price: U256,
-    ) -> Result<u64, ChainError> {
-        let price88 = alloy::primitives::Uint::<88, 2>::checked_from_limbs_slice(price.as_limbs())
-            .ok_or_else(|| ChainError::Config(format!("deal price {price} wei is too large")))?;
-        let b = self
-            .contract
-            .proposeDeal(
-                node,
-                root_word(root),
-                FixedBytes(c.root),
-                c.leaf_count,
-                epochs,
-                price88,
-            )
-            .value(price * U256::from(epochs));
-        let receipt = self.send("proposeDeal", b).await?;
-        receipt
-            .inner
-            .logs()
-            .iter()
-            .find_map(|l| l.log_decode::<CairnStorage::DealProposed>().ok())
-            .map(|l| l.inner.data.id.saturating_to::<u64>())
-            .ok_or(ChainError::Rpc {
-                call: "proposeDeal",
-                reason: "no DealProposed event in the receipt".into(),
-            })
     }
 
     /// Wei staked (bonded, unbonding) and owed to `who`.
