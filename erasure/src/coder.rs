@@ -63,6 +63,35 @@ impl Coder {
             .map_err(|e| DecodeError::Shape(format!("{e:?}")))
     }
 
+    /// Compute bytes `[a, b)` of every parity shard from bytes `[a, b)` of every data shard
+    /// (Reed-Solomon works column by column, so a stripe can be coded in slices).
+    pub fn encode_columns(
+        &self,
+        data: &[&[u8]],
+        parity: &mut [&mut [u8]],
+    ) -> Result<(), DecodeError> {
+        let len = parity.first().map_or(0, |p| p.len());
+        if data.len() != self.k
+            || parity.len() != self.m
+            || data.iter().any(|d| d.len() != len)
+            || parity.iter().any(|p| p.len() != len)
+        {
+            return Err(DecodeError::Shape(format!(
+                "{} data and {} parity slices of unequal or wrong shape for k={} m={}",
+                data.len(),
+                parity.len(),
+                self.k,
+                self.m
+            )));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.rs
+            .encode_sep(data, parity)
+            .map_err(|e| DecodeError::Shape(format!("{e:?}")))
+    }
+
     /// Rebuild the missing data shards in place. `shards` holds `k + m` entries, `None` where a
     /// shard is missing or failed verification. Parity shards are left as they are.
     pub fn reconstruct_data(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), DecodeError> {

@@ -1,5 +1,7 @@
 //! Encoding one stripe: pad, Reed-Solomon, hash every shard with its outboard.
 
+use std::sync::{Mutex, PoisonError};
+
 use cid::Cid;
 
 use crate::coder::{Coder, DecodeError};
@@ -92,31 +94,77 @@ impl Stripe {
         &self.data[i * self.shard_len..(i + 1) * self.shard_len]
     }
 
-    /// Compute parity into `parity` (scratch reused between stripes) and hash every shard.
-    pub fn code(&self, coder: &Coder, layout: &Layout, mut parity: Vec<Vec<u8>>) -> Coded {
+    /// Compute parity into `parity` (scratch reused between stripes) and hash every shard, on
+    /// the calling thread.
+    pub fn code(&self, coder: &Coder, layout: &Layout, parity: Vec<Vec<u8>>) -> Coded {
+        self.code_parallel(coder, layout, parity, 1)
+    }
+
+    /// Like [`code`](Self::code), spread over up to `threads` threads (the calling thread is
+    /// one of them): parity is computed in column slices beside the data shards' hashes, then
+    /// the parity shards are hashed. The result is the same whatever `threads` is.
+    pub fn code_parallel(
+        &self,
+        coder: &Coder,
+        layout: &Layout,
+        mut parity: Vec<Vec<u8>>,
+        threads: usize,
+    ) -> Coded {
         parity.resize_with(layout.m(), Vec::new);
         // No clearing: encoding overwrites every parity byte (the first data shard's product
         // is stored, the others are added to it), so recycled buffers skip a memset.
         for p in &mut parity {
             p.resize(self.shard_len, 0);
         }
-        coder
-            .encode(&self.data, &mut parity)
-            .expect("buffers sized from the layout");
-        let shards = (0..layout.total())
-            .map(|i| {
-                let bytes = if i < self.k {
-                    self.data_shard(i)
-                } else {
-                    &parity[i - self.k]
-                };
-                let (hash, outboard) = Outboard::compute(bytes);
-                ShardMeta {
-                    cid: shard_cid(&hash),
-                    hash,
-                    outboard,
+        let len = self.shard_len;
+        // Small stripes are not worth a thread.
+        let threads = if len * self.k < PARALLEL_MIN {
+            1
+        } else {
+            threads.max(1)
+        };
+        let mut metas: Vec<Option<ShardMeta>> = vec![None; layout.total()];
+        {
+            // Phase 1: parity column slices and data shard hashes, all independent.
+            let mut columns: Vec<Vec<&mut [u8]>> = Vec::new();
+            for p in &mut parity {
+                for (c, slice) in p.chunks_mut(COLUMN_SLICE).enumerate() {
+                    if columns.len() <= c {
+                        columns.push(Vec::with_capacity(layout.m()));
+                    }
+                    columns[c].push(slice);
                 }
-            })
+            }
+            let tasks = (columns.into_iter().enumerate())
+                .map(|(c, slices)| Task::Parity(c * COLUMN_SLICE, slices))
+                .chain((0..self.k).map(Task::Hash));
+            let done = run_tasks(threads, tasks, |task| match task {
+                Task::Parity(at, mut slices) => {
+                    let width = slices.first().map_or(0, |s| s.len());
+                    let data: Vec<&[u8]> = (0..self.k)
+                        .map(|i| &self.data_shard(i)[at..at + width])
+                        .collect();
+                    coder
+                        .encode_columns(&data, &mut slices)
+                        .expect("slices cut to the layout's shape");
+                    None
+                }
+                Task::Hash(i) => Some((i, shard_meta(self.data_shard(i)))),
+            });
+            for (i, meta) in done {
+                metas[i] = Some(meta);
+            }
+        }
+        // Phase 2: the parity shards' hashes.
+        let done = run_tasks(threads, self.k..layout.total(), |i| {
+            Some((i, shard_meta(&parity[i - self.k])))
+        });
+        for (i, meta) in done {
+            metas[i] = Some(meta);
+        }
+        let shards = metas
+            .into_iter()
+            .map(|m| m.expect("every shard was hashed"))
             .collect();
         Coded { parity, shards }
     }
@@ -132,6 +180,63 @@ impl Stripe {
             shards: coded.shards,
         }
     }
+}
+
+/// Stripes smaller than this are coded on one thread.
+const PARALLEL_MIN: usize = 1 << 20;
+/// Width of the parity column slices coded as separate tasks (a slice of every shard stays in
+/// cache while the `k + m` shards are combined).
+const COLUMN_SLICE: usize = 256 << 10;
+
+/// One unit of stripe coding work.
+enum Task<'a> {
+    /// Parity bytes from this offset, for the slices' width.
+    Parity(usize, Vec<&'a mut [u8]>),
+    /// Hash data shard `i`.
+    Hash(usize),
+}
+
+fn shard_meta(bytes: &[u8]) -> ShardMeta {
+    let (hash, outboard) = Outboard::compute(bytes);
+    ShardMeta {
+        cid: shard_cid(&hash),
+        hash,
+        outboard,
+    }
+}
+
+/// Run `work` on every task, on up to `threads` threads (the caller's included), and collect
+/// what it returns.
+fn run_tasks<T: Send, R: Send>(
+    threads: usize,
+    tasks: impl Iterator<Item = T> + Send,
+    work: impl Fn(T) -> Option<R> + Sync,
+) -> Vec<R> {
+    let queue = Mutex::new(tasks);
+    let results = Mutex::new(Vec::new());
+    let worker = || {
+        loop {
+            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+            let Some(task) = next else { break };
+            if let Some(r) = work(task) {
+                results
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(r);
+            }
+        }
+    };
+    if threads <= 1 {
+        worker();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(worker);
+            }
+            worker();
+        });
+    }
+    results.into_inner().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Encode the stripe held in `data` (its length is the stripe length). `parity` is scratch
@@ -187,6 +292,34 @@ mod tests {
                 x as u8
             })
             .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        /// Coding on several threads gives exactly the single-threaded result, also into
+        /// recycled parity buffers full of old bytes, for stripes around the sizes where the
+        /// work is split (the threshold and the column slice width).
+        #[test]
+        fn parallel_coding_equals_sequential(
+            k in 1u8..=12,
+            m in 1u8..=5,
+            len in (PARALLEL_MIN - 2)..(3 * PARALLEL_MIN + COLUMN_SLICE + 7),
+            threads in 2usize..6,
+            seed: u64,
+        ) {
+            let layout = Layout::new(k, m, 4 << 20).expect("valid");
+            let coder = Coder::new(&layout);
+            let data = bytes(len, seed);
+            let one = encode_stripe(&coder, &layout, data.clone(), Vec::new());
+            let old = vec![bytes(len / 3 + 5, !seed); layout.m()];
+            let stripe = Stripe::new(&layout, data);
+            let coded = stripe.code_parallel(&coder, &layout, old, threads);
+            let many = stripe.finish(coded);
+            prop_assert_eq!(&one.shards, &many.shards);
+            for i in 0..layout.total() {
+                prop_assert_eq!(one.shard(i), many.shard(i));
+            }
+        }
     }
 
     proptest! {

@@ -123,14 +123,15 @@ impl<B: Backend> Cluster<B> {
                     holders.entry(enc.shards[i].cid).or_default().push(*peer);
                 }
             }
+            let mut local = Vec::new();
             for (i, peer) in placed.iter().enumerate() {
                 if *peer == me {
-                    session.put_shard(&enc.shards[i], enc.shard(i))?;
+                    local.push((&enc.shards[i], enc.shard(i)));
                 } else {
                     participants.insert(*peer);
                 }
             }
-            Ok(())
+            Ok(session.put_stripe(&local)?)
         });
         let abort_all = |participants: &HashSet<PeerId>| {
             rt.block_on(async {

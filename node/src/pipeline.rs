@@ -65,6 +65,15 @@ type Buffers = (Vec<u8>, Vec<Vec<u8>>);
 /// How many stripes' buffers an upload may hold: one being coded, one being written.
 const STRIPES_IN_FLIGHT: usize = 2;
 
+/// Threads that code one stripe: every core, up to a point (beyond it the whole-file hash,
+/// which runs beside them on one thread, and the writes set the pace).
+fn coding_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_CODING_THREADS))
+}
+
+/// Upper bound of [`coding_threads`].
+const MAX_CODING_THREADS: usize = 8;
+
 /// Cuts files into stripes and codes them; finished stripes go to the writer thread, which
 /// stores their shards and hands the buffers back.
 struct Encoder<'a> {
@@ -116,7 +125,7 @@ impl Encoder<'_> {
                 s.spawn(|| {
                     hasher.update(stripe.bytes());
                 });
-                stripe.code(&self.coder, &self.layout, parity)
+                stripe.code_parallel(&self.coder, &self.layout, parity, coding_threads())
             });
             let enc = stripe.finish(coded);
             stripes.push(enc.cids());
@@ -185,10 +194,10 @@ pub fn ingest<B: Backend, R: Read>(
 ) -> Result<(Cid, Manifest), IngestError> {
     let mut session = store.begin_put();
     let manifest = encode(layout, upload, progress, &mut |enc| {
-        for (i, meta) in enc.shards.iter().enumerate() {
-            session.put_shard(meta, enc.shard(i))?;
-        }
-        Ok(())
+        let shards: Vec<_> = (enc.shards.iter().enumerate())
+            .map(|(i, meta)| (meta, enc.shard(i)))
+            .collect();
+        Ok(session.put_stripe(&shards)?)
     })?;
     let root = session.commit(&manifest, name, now_unix())?;
     Ok((root, manifest))

@@ -17,6 +17,8 @@ use crate::error::BackendError;
 const BLOB_CF: &str = "blobs";
 /// Alignment of `O_DIRECT` buffers, offsets and lengths (covers 512- and 4096-byte devices).
 const DIRECT_ALIGN: usize = 4096;
+/// Size of one `O_DIRECT` write (and of each writer's bounce buffer).
+const DIRECT_CHUNK: usize = 1 << 20;
 /// Shards smaller than this are written through the page cache.
 const DIRECT_MIN: usize = 64 * 1024;
 
@@ -182,19 +184,23 @@ impl RocksBackend {
         f.sync_data()
     }
 
-    /// Write through an aligned, reused bounce buffer (zero-padded to the alignment), cut the
-    /// file back to its length, and sync it.
+    /// Write through an aligned, reused bounce buffer of `DIRECT_CHUNK` bytes (the last piece
+    /// zero-padded to the alignment), cut the file back to its length, and sync it. Small
+    /// pieces keep memory low while several shards are written at once.
     fn write_direct(&self, mut f: File, data: &[u8]) -> std::io::Result<()> {
-        let aligned = data.len().next_multiple_of(DIRECT_ALIGN);
         let pool = || self.bounce.lock().expect("bounce buffer pool lock");
         let mut bounce = pool().pop().unwrap_or_default();
-        bounce.resize(aligned + DIRECT_ALIGN, 0);
+        bounce.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
         let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
-        let buf = &mut bounce[at..at + aligned];
-        buf[..data.len()].copy_from_slice(data);
-        buf[data.len()..].fill(0);
-        let written = f
-            .write_all(buf)
+        let buf = &mut bounce[at..at + DIRECT_CHUNK];
+        let written = data
+            .chunks(DIRECT_CHUNK)
+            .try_for_each(|piece| {
+                let aligned = piece.len().next_multiple_of(DIRECT_ALIGN);
+                buf[..piece.len()].copy_from_slice(piece);
+                buf[piece.len()..aligned].fill(0);
+                f.write_all(&buf[..aligned])
+            })
             .and_then(|()| f.set_len(data.len() as u64))
             .and_then(|()| f.sync_data());
         pool().push(bounce);
@@ -431,7 +437,13 @@ mod tests {
     fn large_unaligned_blobs_round_trip_and_replace_atomically() {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = RocksBackend::open(dir.path(), &RocksOptions::default()).expect("open");
-        for len in [DIRECT_MIN, DIRECT_MIN + 1, 3 * DIRECT_ALIGN * 100 + 17] {
+        for len in [
+            DIRECT_MIN,
+            DIRECT_MIN + 1,
+            3 * DIRECT_ALIGN * 100 + 17,
+            DIRECT_CHUNK,
+            2 * DIRECT_CHUNK + DIRECT_ALIGN + 1,
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             b.put_blob(b"big", &data).expect("put");
             // Written twice: the second replaces the first whole.
