@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks, in one run on this machine: raw coding and hashing against the put and get
-# pipelines (ratios), then the node's peak RSS during a 4 GiB put and get, then the network:
-# raw quinn against libp2p streams and a Cairn get from an 8-node devnet (ratios), and the
+# pipelines (ratios; stores on disk, then in memory), then the node's peak RSS during a
+# 4 GiB put and get, then the network: raw quinn against libp2p streams and a Cairn get from an 8-node devnet (ratios), and the
 # gateway's peak RSS during a 4 GiB get (CAIRN_BENCH_RSS_MIB, 0 skips); the proof tree's
 # build speed against plain hashing, and the gas of proofs on anvil.
 # CAIRN_BENCH_GIB sets the RSS run's size (default 4).
@@ -9,7 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/install.sh
 cargo build --release -p cairn-node --bin cairn
+# The pipeline bench twice: stores on the disk, then on a memory filesystem where there is
+# one (the put's own speed, with no device under it setting the pace).
 cargo bench -p cairn-node --bench pipeline
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  echo "--- again, stores on /dev/shm (memory):"
+  CAIRN_BENCH_DIR=/dev/shm cargo bench -p cairn-node --bench pipeline
+fi
 cargo bench -p cairn-node --bench cluster
 cargo bench -p cairn-proofs --bench tree
 cargo bench -p cairn-node --bench gas
