@@ -79,6 +79,8 @@ const MAX_CODING_THREADS: usize = 8;
 struct Encoder<'a> {
     layout: Layout,
     coder: Coder,
+    /// Threads that code a stripe ([`coding_threads`]).
+    threads: usize,
     to_writer: SyncSender<EncodedStripe>,
     returned: Receiver<Buffers>,
     spare: Vec<Buffers>,
@@ -125,7 +127,7 @@ impl Encoder<'_> {
                 s.spawn(|| {
                     hasher.update(stripe.bytes());
                 });
-                stripe.code_parallel(&self.coder, &self.layout, parity, coding_threads())
+                stripe.code_parallel(&self.coder, &self.layout, parity, self.threads)
             });
             let enc = stripe.finish(coded);
             stripes.push(enc.cids());
@@ -218,6 +220,7 @@ pub fn encode<R: Read>(
         let mut enc = Encoder {
             layout,
             coder: Coder::new(&layout),
+            threads: coding_threads(),
             to_writer,
             returned,
             spare: Vec::new(),
