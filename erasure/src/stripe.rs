@@ -41,6 +41,13 @@ impl EncodedStripe {
         }
     }
 
+    /// Every shard's identity with its bytes, in order (what a store takes).
+    pub fn shards_with_bytes(&self) -> Vec<(&ShardMeta, &[u8])> {
+        (self.shards.iter().enumerate())
+            .map(|(i, meta)| (meta, self.shard(i)))
+            .collect()
+    }
+
     /// Shard CIDs in order, as the manifest records them.
     pub fn cids(&self) -> Vec<Cid> {
         self.shards.iter().map(|s| s.cid).collect()

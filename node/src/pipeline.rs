@@ -196,9 +196,7 @@ pub fn ingest<B: Backend, R: Read>(
 ) -> Result<(Cid, Manifest), IngestError> {
     let mut session = store.begin_put();
     let manifest = encode(layout, upload, progress, &mut |enc| {
-        let shards: Vec<_> = (enc.shards.iter().enumerate())
-            .map(|(i, meta)| (meta, enc.shard(i)))
-            .collect();
+        let shards = enc.shards_with_bytes();
         Ok(session.put_stripe(&shards)?)
     })?;
     let root = session.commit(&manifest, name, now_unix())?;

@@ -839,9 +839,7 @@ mod tests {
         let mut stripes = Vec::new();
         for chunk in data.chunks(layout.stripe_size() as usize) {
             let enc = encode_stripe(&coder, &layout, chunk.to_vec(), Vec::new());
-            let shards: Vec<_> = (enc.shards.iter().enumerate())
-                .map(|(i, meta)| (meta, enc.shard(i)))
-                .collect();
+            let shards = enc.shards_with_bytes();
             session.put_stripe(&shards).expect("put stripe");
             stripes.push(enc.cids());
         }
@@ -1015,9 +1013,7 @@ mod tests {
         // The same through the parallel stripe writer: the shards that fit are written, the
         // first refusal is returned, and dropping the upload frees what it wrote.
         let mut s = store.begin_put();
-        let shards: Vec<_> = (enc.shards.iter().enumerate())
-            .map(|(i, meta)| (meta, enc.shard(i)))
-            .collect();
+        let shards = enc.shards_with_bytes();
         assert!(matches!(
             s.put_stripe(&shards),
             Err(PutError::StoreFull {
@@ -1040,9 +1036,7 @@ mod tests {
         assert!(enc.shards.iter().all(|s| s.cid == enc.shards[0].cid));
         let one = enc.shard(0).len() as u64 + enc.shards[0].outboard.encoded_len() as u64;
         let store = Store::open(MemBackend::new(), one).expect("open");
-        let shards: Vec<_> = (enc.shards.iter().enumerate())
-            .map(|(i, meta)| (meta, enc.shard(i)))
-            .collect();
+        let shards = enc.shards_with_bytes();
         let mut s = store.begin_put();
         s.put_stripe(&shards).expect("put stripe");
         assert_eq!(store.stats().shards, 1);
