@@ -414,7 +414,16 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         assert_eq!(owed - *before, expected, "node {i}'s credit");
     }
     let reporter = net.node_index(stopped_slash.1.reporter);
-    assert!(metric(&net.url(reporter), "cairn_proof_missed_reported_total").await >= 1.0);
+    // The reporter counts the report once its own receipt poll sees it mined, which may come
+    // after the log is visible here.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&net.url(reporter), "cairn_proof_missed_reported_total").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "node {reporter} never counted its mined report"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(metric(&net.url(reporter), "cairn_chain_balance_gwei").await > 0.0);
 
     // The corrupt node never sent a proof that failed: it counted the corruption instead.
