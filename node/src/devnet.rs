@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use cairn_node::client::Client;
 use serde::{Deserialize, Serialize};
 
@@ -380,15 +380,23 @@ pub fn down(dir: &Path) -> Result<usize> {
                 .status();
         }
     }
+    // Ten seconds to stop cleanly, then SIGKILL; either way `down` returns only once every
+    // process is gone (a killed process may take a moment to exit).
     let deadline = Instant::now() + Duration::from_secs(10);
     for &pid in &pids {
+        let mut killed = false;
         while alive(pid) && !is_zombie(pid) {
-            if Instant::now() > deadline {
+            if !killed && Instant::now() > deadline {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
                     .status();
-                break;
+                killed = true;
             }
+            ensure!(
+                Instant::now() < deadline + Duration::from_secs(30),
+                "process {pid} did not exit 30 s after SIGKILL; the devnet state is kept in {}",
+                dir.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -329,12 +329,27 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         .find(|&i| i != bad && storing.contains(&net.account(i)))
         .expect("another storing node");
     let stopped_account = net.account(stopped);
+    // Balances are read at the block the slash logs are counted from, so that a slash mined
+    // while they are read is not counted twice.
     let stop_block = chain.block_number().await.expect("block");
-    let (stake_before, _, _) = chain.balances(stopped_account).await.expect("stake");
+    let c = chain.contract();
+    let stake_before = c
+        .nodes(stopped_account)
+        .call()
+        .block(stop_block.into())
+        .await
+        .expect("stake")
+        .stake;
     let owed_before: Vec<U256> = {
         let mut v = Vec::new();
         for i in 0..NODES {
-            v.push(chain.balances(net.account(i)).await.expect("owed").2);
+            v.push(
+                c.owed(net.account(i))
+                    .call()
+                    .block(stop_block.into())
+                    .await
+                    .expect("owed"),
+            );
         }
         v
     };
@@ -383,7 +398,6 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         .into_iter()
         .filter(|(l, _)| l.block_number.is_some_and(|b| b <= at))
         .collect();
-    let c = chain.contract();
     let node_at = c
         .nodes(stopped_account)
         .call()
@@ -426,23 +440,35 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
     }
     assert!(metric(&net.url(reporter), "cairn_chain_balance_gwei").await > 0.0);
 
-    // The corrupt node never sent a proof that failed: it counted the corruption instead.
+    // The corrupt node never sent a proof that failed: it counted the corruption instead (it
+    // may have been slashed for an earlier late epoch before it met the corruption).
     let bad_url = net.url(bad);
-    assert!(metric(&bad_url, "cairn_proof_corrupt_data_total").await >= 1.0);
-    assert_eq!(
-        metric(&bad_url, "cairn_proof_submit_errors_total").await,
-        0.0
+    let log_file = node_dir.join("node.log");
+    let deadline = Instant::now() + Duration::from_secs(EPOCH_BLOCKS * 12 + 60);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_file).expect("node log");
+        if metric(&bad_url, "cairn_proof_corrupt_data_total").await >= 1.0
+            && log.contains("no proof sent")
+        {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not count and log the corruption:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // A refused send is counted whatever the reason (a late one too, on a loaded machine):
+    // what must never happen is a proof the contract finds wrong.
+    assert!(
+        !log.contains("BadProof") && !log.contains("MalformedProof"),
+        "the corrupt node sent a wrong proof:\n{log}"
     );
     assert!(
         !chain
             .is_proven(net.account(bad), bad_slash.1.epoch)
             .await
             .expect("proven")
-    );
-    let log = std::fs::read_to_string(node_dir.join("node.log")).expect("node log");
-    assert!(
-        log.contains("no proof sent"),
-        "the node did not log the corruption:\n{log}"
     );
 }
 

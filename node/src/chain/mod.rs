@@ -6,6 +6,7 @@ pub mod deals;
 pub mod prover;
 pub mod publish;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::contract::SolCallBuilder;
@@ -208,6 +209,10 @@ pub struct Chain {
     contract: CairnStorage::CairnStorageInstance<DynProvider>,
     provider: DynProvider,
     me: Address,
+    /// Held from a transaction's nonce to its acceptance by the node: the prover, the
+    /// watcher and the publisher share this account, and the provider reads the next nonce
+    /// from the chain, so two sends at once would both take the same one.
+    sending: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Parse a hex private key (with or without 0x).
@@ -245,6 +250,7 @@ impl Chain {
             contract: CairnStorage::new(address, provider.clone()),
             provider,
             me,
+            sending: Arc::default(),
         })
     }
 
@@ -282,11 +288,13 @@ impl Chain {
     ) -> Result<TransactionReceipt, ChainError> {
         b.call_raw().await.map_err(|e| from_contract(call, e))?;
         let gas = b.estimate_gas().await.map_err(|e| from_contract(call, e))?;
-        let pending = b
-            .gas(gas * GAS_PAD_PERCENT / 100 + 20_000)
-            .send()
-            .await
-            .map_err(|e| from_contract(call, e))?;
+        let pending = {
+            let _one_at_a_time = self.sending.lock().await;
+            b.gas(gas * GAS_PAD_PERCENT / 100 + 20_000)
+                .send()
+                .await
+                .map_err(|e| from_contract(call, e))?
+        };
         let receipt = pending
             .with_timeout(Some(RECEIPT_TIMEOUT))
             .get_receipt()
