@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks, in one run on this machine: raw coding and hashing against the put and get
 # pipelines (ratios; stores on disk, then in memory), then the node's peak RSS during a
-# 4 GiB put and get, then the network: raw quinn against libp2p streams and a Cairn get from an 8-node devnet (ratios), and the
-# gateway's peak RSS during a 4 GiB get (CAIRN_BENCH_RSS_MIB, 0 skips); the proof tree's
-# build speed against plain hashing, and the gas of proofs on anvil.
+# 4 GiB put and get, then the network: raw quinn against libp2p streams and a Cairn get
+# from an 8-node devnet (ratios), and the gateway's peak RSS during a 4 GiB get
+# (CAIRN_BENCH_RSS_MIB, 0 skips); the proof tree's build speed against plain hashing, and
+# the gas of proofs on anvil.
 # CAIRN_BENCH_GIB sets the RSS run's size (default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
