@@ -15,5 +15,7 @@ echo '[]' > "$prom/targets.json"
 promtool check config "$prom/prometheus.yml"
 promtool check rules ops/prometheus/alerts.yml
 (cd ops/prometheus && promtool test rules alerts.test.yml)
-cargo clippy --release --workspace --all-targets -- -D warnings
-cargo test --release --workspace
+# The test build turns on the fault switches (a node that serves corrupt bytes); the release
+# binary ops/run.sh builds has none.
+cargo clippy --release --workspace --all-targets --features cairn-node/fault-injection -- -D warnings
+cargo test --release --workspace --features cairn-node/fault-injection

@@ -8,8 +8,13 @@ use crate::ids::{self, manifest_cid};
 use crate::layout::{Layout, ParamsError};
 use crate::verify::GROUP_LEN;
 
-/// Manifest format version written by this code.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Newest manifest format version: 2 carries a placement salt. Version 1 (no salt) is still
+/// read and is what a single node's own puts write (their root depends on content alone).
+pub const MANIFEST_VERSION: u32 = 2;
+/// The unsalted format.
+pub const MANIFEST_VERSION_UNSALTED: u32 = 1;
+/// Bytes of a placement salt.
+pub const SALT_LEN: usize = 16;
 /// Codec tag: Reed-Solomon over GF(2^8) with the Vandermonde-derived systematic matrix of
 /// `reed-solomon-erasure` 6, contiguous data shards, zero padding.
 pub const CODEC_RS_GF8: &str = "rs-gf8-v1";
@@ -85,6 +90,11 @@ pub struct Manifest {
     pub group_size: u32,
     /// Files, sorted by path.
     pub files: Vec<FileEntry>,
+    /// Placement salt (version 2, [`SALT_LEN`] bytes), chosen at random for each put through
+    /// a cluster: part of every stripe's placement key, so a stripe's holders cannot be known
+    /// (or node ids ground for them) before the put.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub salt: Option<Vec<u8>>,
 }
 
 impl Manifest {
@@ -93,16 +103,29 @@ impl Manifest {
     pub fn new(layout: &Layout, mut files: Vec<FileEntry>) -> Result<Self, ManifestError> {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let m = Manifest {
-            version: MANIFEST_VERSION,
+            version: MANIFEST_VERSION_UNSALTED,
             codec: CODEC_RS_GF8.to_owned(),
             k: u8::try_from(layout.k()).expect("k <= 64"),
             m: u8::try_from(layout.m()).expect("m <= 64"),
             stripe_size: layout.stripe_size(),
             group_size: GROUP_LEN as u32,
             files,
+            salt: None,
         };
         m.validate()?;
         Ok(m)
+    }
+
+    /// This manifest with a placement salt (format version 2).
+    pub fn salted(mut self, salt: [u8; SALT_LEN]) -> Self {
+        self.version = MANIFEST_VERSION;
+        self.salt = Some(salt.to_vec());
+        self
+    }
+
+    /// The placement salt, if any.
+    pub fn salt(&self) -> Option<&[u8]> {
+        self.salt.as_deref()
     }
 
     pub fn layout(&self) -> Result<Layout, ParamsError> {
@@ -151,8 +174,20 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), ManifestError> {
-        if self.version != MANIFEST_VERSION {
-            return Err(ManifestError::Version(self.version));
+        match (self.version, &self.salt) {
+            (MANIFEST_VERSION_UNSALTED, None) => {}
+            (MANIFEST_VERSION, Some(s)) if s.len() == SALT_LEN => {}
+            (MANIFEST_VERSION, _) => {
+                return Err(ManifestError::Decode(format!(
+                    "version {MANIFEST_VERSION} needs a {SALT_LEN}-byte salt"
+                )));
+            }
+            (MANIFEST_VERSION_UNSALTED, Some(_)) => {
+                return Err(ManifestError::Decode(format!(
+                    "version {MANIFEST_VERSION_UNSALTED} has no salt"
+                )));
+            }
+            (v, _) => return Err(ManifestError::Version(v)),
         }
         if self.codec != CODEC_RS_GF8 {
             return Err(ManifestError::Codec(self.codec.clone()));

@@ -171,6 +171,7 @@ async fn libp2p_stream(bytes: u64) -> f64 {
             account: None,
             listen: listen.clone(),
             bootstrap: Vec::new(),
+            membership: cairn_node::net::Membership::open(),
         },
         cairn_node::metrics::Metrics::new::<cairn_storage::MemBackend>(None).swarm,
         cancel.clone(),
@@ -188,6 +189,7 @@ async fn libp2p_stream(bytes: u64) -> f64 {
             listen,
             bootstrap: vec![a_addr],
             account: None,
+            membership: cairn_node::net::Membership::open(),
         },
         cairn_node::metrics::Metrics::new::<cairn_storage::MemBackend>(None).swarm,
         cancel.clone(),
@@ -234,12 +236,16 @@ fn cli(args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(DEVNET.get().map(|d| ("CAIRN_DEVNET_DIR", d.clone())))
         .stderr(Stdio::inherit())
         .output()
         .expect("run cairn");
     assert!(out.status.success(), "cairn {args:?} failed");
     String::from_utf8(out.stdout).expect("utf-8")
 }
+
+/// The devnet this bench runs (the CLI reads node tokens through it).
+static DEVNET: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 fn node_field(dir: &Path, i: usize, field: &str) -> String {
     let state: serde_json::Value =
@@ -280,9 +286,11 @@ fn sendme(file: &Path, work: &Path) -> Option<f64> {
     if !which.status.success() {
         return None;
     }
+    // In the bench's own work directory: `sendme send` leaves its state where it runs.
     let mut send = Command::new("sendme")
         .args(["send", "--relay", "disabled"])
         .arg(file)
+        .current_dir(work)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -441,6 +449,8 @@ fn main() {
         Err(_) => tempfile::tempdir().expect("work dir"),
     };
     let dir = work.path().join("devnet");
+    // The CLI finds each node's API token through the devnet's state.
+    let _ = DEVNET.set(dir.clone());
     let d = dir.to_str().expect("utf-8");
     cli(&["devnet", "up", "--dir", d, "--nodes", "8"]);
     // The nodes do not outlive the benchmark, even when it fails.

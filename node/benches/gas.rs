@@ -91,7 +91,8 @@ async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {
         let node =
             Chain::connect(&anvil.endpoint(), &contract.to_string(), &key(1 + n)).expect("node");
         let nk = node.contract();
-        node.send("register", nk.register().value(eth))
+        let peer = B256::with_last_byte(1 + n as u8);
+        node.send("register", nk.register(peer).value(eth))
             .await
             .expect("register");
         let d = data(bytes);

@@ -19,6 +19,10 @@ pub struct Cli {
     /// Hide progress bars.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// The node's API token for writes (put, rm). Default: found in the local devnet's or
+    /// the default data directory's `api.token`.
+    #[arg(long, global = true, env = "CAIRN_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -179,6 +183,13 @@ pub enum NodeCommand {
     /// Run a node until interrupted.
     Run {
         /// Configuration file (see node/cairn.example.toml). Without it, the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the node's peer id (what `network.members` lists), creating its identity in the
+    /// data directory if it has none yet.
+    Id {
+        /// Configuration file (its `node.data_dir` is used). Without it, the defaults.
         #[arg(long)]
         config: Option<PathBuf>,
     },

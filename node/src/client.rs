@@ -161,6 +161,48 @@ pub struct Client {
     base: String,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// The node's API token, sent with writes (put, delete, manifest import).
+    pub token: Option<String>,
+}
+
+/// Environment variable naming a devnet directory whose nodes' tokens the client may use.
+pub const DEVNET_DIR_ENV: &str = "CAIRN_DEVNET_DIR";
+
+/// The API token for the node at `base`, found without the user typing it: CAIRN_API_TOKEN;
+/// else, if `base` is a node of the local devnet (CAIRN_DEVNET_DIR or `.cairn/devnet`), that
+/// node's `api.token`; else the default data directory's (`.cairn/node/api.token`).
+pub fn discover_token(base: &str) -> Option<String> {
+    if let Ok(t) = std::env::var(crate::config::API_TOKEN_ENV)
+        && !t.trim().is_empty()
+    {
+        return Some(t.trim().to_owned());
+    }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    };
+    let base = base.trim_end_matches('/');
+    let devnet = std::env::var(DEVNET_DIR_ENV).unwrap_or_else(|_| ".cairn/devnet".to_owned());
+    if let Ok(text) = std::fs::read_to_string(Path::new(&devnet).join("devnet.json"))
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(nodes) = v["nodes"].as_array()
+    {
+        for n in nodes {
+            if n["http"].as_str().map(|h| h.trim_end_matches('/')) == Some(base)
+                && let Some(dir) = n["dir"].as_str()
+                && let Some(t) = read(
+                    &Path::new(dir)
+                        .join("data")
+                        .join(crate::api::auth::TOKEN_FILE),
+                )
+            {
+                return Some(t);
+            }
+        }
+    }
+    read(&Path::new(crate::config::DEFAULT_DATA_DIR).join(crate::api::auth::TOKEN_FILE))
 }
 
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
@@ -255,6 +297,15 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
             progress: false,
+            token: discover_token(base),
+        }
+    }
+
+    /// A write request with the node's token.
+    fn write(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
     }
 
@@ -283,7 +334,7 @@ impl Client {
         }
         let (tx, rx) = mpsc::channel(4);
         let producer;
-        let mut req = self.http.post(self.url("/v1/checkpoints"));
+        let mut req = self.write(self.http.post(self.url("/v1/checkpoints")));
         if meta.is_dir() {
             let files = walk(path)?;
             let total: u64 = files.iter().map(|f| f.2).sum();
@@ -588,8 +639,10 @@ impl Client {
     pub async fn rm(&self, root: &str) -> Result<serde_json::Value, ClientError> {
         let cid = parse_cid(root).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let resp = self
-            .http
-            .delete(self.url(&format!("/v1/checkpoints/{cid}")))
+            .write(
+                self.http
+                    .delete(self.url(&format!("/v1/checkpoints/{cid}"))),
+            )
             .send()
             .await?;
         Ok(check(resp).await?.json().await?)

@@ -2,7 +2,7 @@
 //! pull them back from many nodes at once, verified, rebuilding from parity when a node is
 //! slow, gone or lying.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,15 +18,23 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::chain::deals::DealPlanner;
-use crate::net::placement::{order, stripe_key};
+use crate::net::membership::Membership;
+use crate::net::placement::{member_order, stripe_key};
 use crate::net::swarm::Network;
 use crate::net::transfer::{TransferError, Transfers};
 use crate::net::transfer::{announcements, lock};
 use crate::net::wire::UploadId;
-use crate::pipeline::{GetError, IngestError, Upload, encode, now_unix};
+use crate::pipeline::{GetError, IngestError, Upload, check_rebuilt, encode, now_unix};
 
 /// How long one data piece may take before the gateway rebuilds its stripe from others.
 const PIECE_DEADLINE: Duration = Duration::from_secs(5);
+/// Random 16 KiB groups of each placed shard the gateway reads back, verified, from the node
+/// that acknowledged it before a put reports success.
+const SPOT_CHECKS_PER_SHARD: usize = 2;
+/// Spot checks in flight at once (well under a node's per-peer stream limit).
+const SPOT_CHECKS_IN_FLIGHT: usize = 16;
+/// Failed spot checks listed in a put's error (the rest are counted).
+const FAILURES_LISTED: usize = 4;
 /// Pieces (data-shard ranges) fetched ahead of the one being sent.
 const PIECES_AHEAD: usize = 16;
 
@@ -36,6 +44,8 @@ pub struct Cluster<B: Backend> {
     pub transfers: Transfers,
     pub store: Store<B>,
     pub allow_colocation: bool,
+    /// Who may be placed on and read from.
+    pub membership: Membership,
 }
 
 impl<B: Backend> Clone for Cluster<B> {
@@ -45,6 +55,7 @@ impl<B: Backend> Clone for Cluster<B> {
             transfers: self.transfers.clone(),
             store: self.store.clone(),
             allow_colocation: self.allow_colocation,
+            membership: self.membership.clone(),
         }
     }
 }
@@ -59,18 +70,21 @@ fn holder(ordered: &[PeerId], i: usize) -> Option<PeerId> {
 }
 
 impl<B: Backend> Cluster<B> {
-    /// Members known to this node (routing table) and itself.
+    /// Members known to this node (the members in its routing table, and itself if it is
+    /// one). Nobody else is ever placed on or read from.
     pub async fn members(&self) -> Vec<PeerId> {
-        let mut m = self.net.peers().await;
+        let mut m = self.membership.filter(self.net.peers().await);
         m.push(self.net.peer_id());
+        m.retain(|p| self.membership.is_member(p));
         m.sort();
         m.dedup();
         m
     }
 
-    /// True when this node knows other nodes: puts are then spread over the cluster.
+    /// True when this node knows other members: puts are then spread over the cluster.
     pub async fn is_clustered(&self) -> bool {
-        !self.net.peers().await.is_empty()
+        let me = self.net.peer_id();
+        self.members().await.iter().any(|p| *p != me)
     }
 
     /// Store an upload across the cluster. Runs on a blocking thread (`rt` drives the
@@ -85,6 +99,14 @@ impl<B: Backend> Cluster<B> {
         progress: &dyn Fn(u64),
         mut planner: Option<&mut DealPlanner>,
     ) -> Result<(Cid, Manifest, HashMap<PeerId, Commitment>), IngestError> {
+        let me = self.net.peer_id();
+        if !self.membership.is_member(&me) {
+            return Err(IngestError::NotMember(format!(
+                "this node ({me}) is not a member of the network ({} membership), so no \
+                 member would take its shards",
+                self.membership.mode().as_str()
+            )));
+        }
         let members = rt.block_on(self.members());
         let needed = layout.total();
         if members.len() < needed && !self.allow_colocation {
@@ -94,9 +116,11 @@ impl<B: Backend> Cluster<B> {
             });
         }
         let upload_id = new_upload_id(&self.net.peer_id());
-        let me = self.net.peer_id();
+        let salt = new_salt();
         let mut session = self.store.begin_put();
-        let mut participants: HashSet<PeerId> = HashSet::new();
+        // The shards placed on each other node: its commit names them, and they are
+        // spot-checked before the put reports success.
+        let mut participants: HashMap<PeerId, BTreeMap<Cid, u64>> = HashMap::new();
         let mut holders: HashMap<Cid, Vec<PeerId>> = HashMap::new();
         let mut stripe_no = 0u64;
         let result = encode(layout, upload, progress, &mut |enc: &EncodedStripe| {
@@ -111,7 +135,8 @@ impl<B: Backend> Cluster<B> {
                         }
                     })
                 });
-                let placed = rt.block_on(self.place_stripe(&members, upload_id, enc, stripe_no));
+                let placed =
+                    rt.block_on(self.place_stripe(&members, &salt, upload_id, enc, stripe_no));
                 if let Some(h) = hashing {
                     h.join().expect("chunk hashing does not panic");
                 }
@@ -128,22 +153,29 @@ impl<B: Backend> Cluster<B> {
                 if *peer == me {
                     local.push((&enc.shards[i], enc.shard(i)));
                 } else {
-                    participants.insert(*peer);
+                    participants
+                        .entry(*peer)
+                        .or_default()
+                        .insert(enc.shards[i].cid, enc.shard(i).len() as u64);
                 }
             }
             Ok(session.put_stripe(&local)?)
         });
-        let abort_all = |participants: &HashSet<PeerId>| {
+        let abort_all = |participants: &HashMap<PeerId, BTreeMap<Cid, u64>>| {
             rt.block_on(async {
                 let mut f: FuturesUnordered<_> = participants
-                    .iter()
-                    .map(|p| self.transfers.abort(*p, upload_id))
+                    .keys()
+                    .map(|p| async move { (*p, self.transfers.abort(*p, upload_id).await) })
                     .collect();
-                while f.next().await.is_some() {}
+                while let Some((peer, r)) = f.next().await {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "abort not confirmed; the upload expires there");
+                    }
+                }
             });
         };
         let manifest = match result {
-            Ok(m) => m,
+            Ok(m) => m.salted(salt),
             Err(e) => {
                 abort_all(&participants);
                 return Err(e);
@@ -153,9 +185,9 @@ impl<B: Backend> Cluster<B> {
         let failures: Vec<String> = rt.block_on(async {
             let mut f: FuturesUnordered<_> = participants
                 .iter()
-                .map(|p| async {
+                .map(|(p, placed)| async {
                     self.transfers
-                        .commit(*p, upload_id, name, &bytes)
+                        .commit(*p, upload_id, name, &bytes, placed.keys())
                         .await
                         .map_err(|e| e.to_string())
                 })
@@ -175,6 +207,23 @@ impl<B: Backend> Cluster<B> {
                 failures.len(),
                 participants.len(),
                 failures.join("; ")
+            )));
+        }
+        // Every participant serves, verified, what it acknowledged: a node that said yes
+        // without storing (or stores garbage) fails the put here, never after "success".
+        let missing = rt.block_on(self.spot_check(&participants));
+        if !missing.is_empty() {
+            let more = missing.len().saturating_sub(FAILURES_LISTED);
+            return Err(IngestError::Placement(format!(
+                "{} checks of placed shards failed after commit (the checkpoint is not \
+                 reported stored): {}{}",
+                missing.len(),
+                missing[..missing.len().min(FAILURES_LISTED)].join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
             )));
         }
         let root = session.commit_partial(&manifest, name, now_unix())?;
@@ -201,12 +250,13 @@ impl<B: Backend> Cluster<B> {
     async fn place_stripe(
         &self,
         members: &[PeerId],
+        salt: &[u8],
         upload: UploadId,
         enc: &EncodedStripe,
         stripe_no: u64,
     ) -> Result<Vec<PeerId>, IngestError> {
         let cids = &enc.cids();
-        let ordered = order(members, &stripe_key(cids));
+        let ordered = member_order(&self.membership, members, &stripe_key(Some(salt), cids));
         let total = cids.len();
         let me = self.net.peer_id();
         let mut placed: Vec<PeerId> = (0..total)
@@ -269,6 +319,34 @@ impl<B: Backend> Cluster<B> {
         Ok(placed)
     }
 
+    /// Read back random 16 KiB groups of every shard placed on each participant, verified
+    /// against the shard's CID. Returns what failed (empty: every node holds its share).
+    async fn spot_check(&self, participants: &HashMap<PeerId, BTreeMap<Cid, u64>>) -> Vec<String> {
+        let nonce = new_salt();
+        let checks: Vec<(PeerId, Cid, u64)> = participants
+            .iter()
+            .flat_map(|(p, cids)| cids.iter().map(move |(c, len)| (*p, *c, *len)))
+            .filter(|(_, _, len)| *len > 0)
+            .flat_map(|(p, c, len)| {
+                (0..SPOT_CHECKS_PER_SHARD).map(move |j| (p, c, spot_offset(&nonce, &c, j, len)))
+            })
+            .collect();
+        let mut failures = Vec::new();
+        let mut f = libp2p::futures::stream::iter(checks)
+            .map(|(peer, cid, at)| async move {
+                let r = self.transfers.fetch_range(peer, &cid, at, at + 1).await;
+                (peer, cid, r)
+            })
+            .buffer_unordered(SPOT_CHECKS_IN_FLIGHT);
+        while let Some((peer, cid, r)) = f.next().await {
+            if let Err(e) = r {
+                warn!(%peer, %cid, error = %e, "a placed shard failed its check");
+                failures.push(format!("{cid} on {peer}: {e}"));
+            }
+        }
+        failures
+    }
+
     /// The manifest of `root`: from the local store, or fetched (and verified) from a node
     /// that announced it, or from any member. Returns whether every shard is held here.
     pub async fn manifest(&self, root: &Cid) -> Result<(Manifest, bool), ReadError> {
@@ -279,7 +357,9 @@ impl<B: Backend> Cluster<B> {
             Ok(other) => return other,
             Err(e) => return Err(ReadError::NotFound(format!("{root} ({e})"))),
         }
-        let mut candidates = self.net.providers(&root.to_bytes()).await;
+        let mut candidates = self
+            .membership
+            .filter(self.net.providers(&root.to_bytes()).await);
         for p in self.members().await {
             if !candidates.contains(&p) {
                 candidates.push(p);
@@ -309,6 +389,7 @@ impl<B: Backend> Cluster<B> {
     pub fn read(
         &self,
         layout: Layout,
+        salt: Option<Vec<u8>>,
         file: FileEntry,
         start: u64,
         end: u64,
@@ -318,6 +399,7 @@ impl<B: Backend> Cluster<B> {
             cluster: self.clone(),
             layout,
             coder: Coder::new(&layout),
+            salt,
             file,
             members: tokio::sync::OnceCell::new(),
             rebuilt: Mutex::new(HashMap::new()),
@@ -352,6 +434,8 @@ struct Reader<B: Backend> {
     cluster: Cluster<B>,
     layout: Layout,
     coder: Coder,
+    /// The checkpoint's placement salt (from its manifest).
+    salt: Option<Vec<u8>>,
     file: FileEntry,
     members: tokio::sync::OnceCell<Vec<PeerId>>,
     /// Stripes rebuilt from parity, shared by their pieces.
@@ -367,7 +451,11 @@ impl<B: Backend> Reader<B> {
 
     async fn ordered(&self, stripe: u64) -> Vec<PeerId> {
         let cids = &self.file.stripes[usize::try_from(stripe).expect("stripe index")];
-        order(self.members().await, &stripe_key(cids))
+        member_order(
+            &self.cluster.membership,
+            self.members().await,
+            &stripe_key(self.salt.as_deref(), cids),
+        )
     }
 
     async fn fetch(&self, peer: PeerId, cid: Cid, start: u64, end: u64) -> Result<Vec<u8>, String> {
@@ -488,10 +576,23 @@ impl<B: Backend> Reader<B> {
         let stripe_len = self.layout.stripe_len(self.file.size, stripe);
         let layout = self.layout;
         let coder = self.coder.clone();
-        tokio::task::spawn_blocking(move || decode_stripe(&coder, &layout, stripe_len, shards))
-            .await
-            .map_err(|e| format!("{got}|{e}"))?
-            .map_err(|e| format!("{got}|{e}"))
+        let cids = cids.clone();
+        tokio::task::spawn_blocking(move || {
+            // Data shards that were not fetched (and verified) come out of the decoder: they
+            // are hashed against their CIDs before anything is served from them.
+            let rebuilt: Vec<usize> = (0..layout.k()).filter(|&i| shards[i].is_none()).collect();
+            let data = decode_stripe(&coder, &layout, stripe_len, shards)
+                .map_err(|e| format!("{got}|{e}"))?;
+            check_rebuilt(&layout, stripe_len, &data, &cids, &rebuilt).map_err(|i| {
+                format!(
+                    "{got}|data shard {i} rebuilt from parity does not match its cid: the \
+                     stripe's parity is inconsistent with its data"
+                )
+            })?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| format!("{got}|{e}"))?
     }
 
     /// A whole shard from its placement node, else from nodes that announced it.
@@ -507,7 +608,8 @@ impl<B: Backend> Reader<B> {
                 Err(e) => errors.push(e),
             }
         }
-        for p in self.cluster.net.providers(&cid.to_bytes()).await {
+        let providers = self.cluster.net.providers(&cid.to_bytes()).await;
+        for p in self.cluster.membership.filter(providers) {
             if !tried.insert(p) || lock(&self.suspect).contains(&p) {
                 continue;
             }
@@ -521,6 +623,27 @@ impl<B: Backend> Reader<B> {
         }
         Err(errors.join("; "))
     }
+}
+
+/// A fresh random placement salt (also used as a nonce).
+fn new_salt() -> [u8; cairn_erasure::manifest::SALT_LEN] {
+    let mut salt = [0u8; cairn_erasure::manifest::SALT_LEN];
+    if let Err(e) = getrandom::fill(&mut salt) {
+        // Without OS randomness the salt is still unique per put, only predictable.
+        warn!(error = %e, "no OS randomness for the placement salt; using a time-based one");
+        salt.copy_from_slice(&new_upload_id(&PeerId::random()));
+    }
+    salt
+}
+
+/// Where the `j`-th spot check of a shard of `len` bytes reads (unpredictable to the node).
+fn spot_offset(nonce: &[u8], cid: &Cid, j: usize, len: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(nonce);
+    h.update(&cid.to_bytes());
+    h.update(&(j as u64).to_le_bytes());
+    let x = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+    x % len.max(1)
 }
 
 fn new_upload_id(me: &PeerId) -> UploadId {

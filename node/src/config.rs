@@ -19,6 +19,12 @@ pub const DEFAULT_CAPACITY_BYTES: u64 = 100 << 30;
 pub const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/udp/7071/quic-v1";
 /// Default limit on concurrent uploads (each holds about 1.5 stripes of memory).
 pub const DEFAULT_MAX_CONCURRENT_PUTS: usize = 2;
+/// Default charged bytes of uncommitted shards one gateway may hold on this node: 32 GiB.
+pub const DEFAULT_PEER_PENDING_BYTES: u64 = 32 << 30;
+/// Default uploads one gateway may have open on this node at once.
+pub const DEFAULT_MAX_UPLOADS_PER_PEER: usize = 8;
+/// Environment variable that overrides `node.api_token`.
+pub const API_TOKEN_ENV: &str = "CAIRN_API_TOKEN";
 
 /// Where shard bytes are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -39,19 +45,32 @@ pub struct NodeSection {
     pub data_dir: PathBuf,
     /// Address of the HTTP API. Port 0 picks a free port (printed at start).
     pub http_listen: SocketAddr,
+    /// Bearer token that writes (put, delete, manifest import) must present. Empty: a token
+    /// is generated at first start into `<data_dir>/api.token` (mode 0600). The environment
+    /// variable CAIRN_API_TOKEN overrides both.
+    pub api_token: String,
+    /// Host names (without port) requests may name besides localhost, 127.0.0.1, ::1 and the
+    /// listen address; any other Host is refused with 403 (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[storage]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
-    /// Most bytes of shards (plus their outboards) this node stores. Uploads beyond it fail
-    /// with "store full" (HTTP 507).
+    /// Most bytes this node stores, counting shards in whole 4 KiB blocks with their
+    /// outboards, checkpoint manifests, and 512 bytes per entry. Uploads beyond it fail with
+    /// "store full" (HTTP 507).
     pub capacity_bytes: u64,
     /// Where shard bytes live: "files" or "blobdb".
     pub value_mode: ValueMode,
     /// Uploads processed at the same time; more wait their turn (bounds memory).
     pub max_concurrent_puts: usize,
+    /// Charged bytes of uncommitted shards one gateway may hold here (its share of the puts
+    /// it has in progress); pushes beyond it are refused.
+    pub peer_pending_bytes: u64,
+    /// Uploads one gateway may have open here at once.
+    pub max_uploads_per_peer: usize,
 }
 
 /// `[erasure]`: defaults for uploads that do not choose their own.
@@ -77,6 +96,13 @@ pub struct NetworkSection {
     /// Allow several shards of one stripe on the same node when fewer nodes than k + m are
     /// reachable (losing that node then loses several shards at once).
     pub allow_colocation: bool,
+    /// Without a chain: the peer ids of the network's members (nodes that may be placed on,
+    /// push shards and serve reads). With a chain, membership comes from the contract's
+    /// registry and this must be empty.
+    pub members: Vec<String>,
+    /// Every peer is a member. For local development only: any stranger can then store,
+    /// be placed on and serve reads.
+    pub open_membership: bool,
 }
 
 impl Default for NetworkSection {
@@ -85,6 +111,8 @@ impl Default for NetworkSection {
             listen: DEFAULT_P2P_LISTEN.into(),
             bootstrap: Vec::new(),
             allow_colocation: false,
+            members: Vec::new(),
+            open_membership: false,
         }
     }
 }
@@ -164,6 +192,8 @@ impl Default for NodeSection {
             http_listen: DEFAULT_HTTP_LISTEN
                 .parse()
                 .expect("default listen address parses"),
+            api_token: String::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -174,6 +204,8 @@ impl Default for StorageSection {
             capacity_bytes: DEFAULT_CAPACITY_BYTES,
             value_mode: ValueMode::Files,
             max_concurrent_puts: DEFAULT_MAX_CONCURRENT_PUTS,
+            peer_pending_bytes: DEFAULT_PEER_PENDING_BYTES,
+            max_uploads_per_peer: DEFAULT_MAX_UPLOADS_PER_PEER,
         }
     }
 }
@@ -194,6 +226,13 @@ impl ErasureSection {
     }
 }
 
+impl NodeSection {
+    /// The API token from CAIRN_API_TOKEN, else `api_token` (empty: use the generated one).
+    pub fn configured_token(&self) -> String {
+        std::env::var(API_TOKEN_ENV).unwrap_or_else(|_| self.api_token.clone())
+    }
+}
+
 impl NodeConfig {
     /// Parse and validate a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, String> {
@@ -210,6 +249,20 @@ impl NodeConfig {
         }
         if cfg.storage.max_concurrent_puts == 0 {
             return Err("storage.max_concurrent_puts must be at least 1".into());
+        }
+        if cfg.storage.max_uploads_per_peer == 0 {
+            return Err("storage.max_uploads_per_peer must be at least 1".into());
+        }
+        for m in &cfg.network.members {
+            m.parse::<libp2p::PeerId>()
+                .map_err(|e| format!("network.members: invalid peer id {m:?}: {e}"))?;
+        }
+        if cfg.chain.enabled() && (!cfg.network.members.is_empty() || cfg.network.open_membership) {
+            return Err(
+                "network: with a chain, membership comes from the contract's registry; \
+                 leave network.members empty and open_membership false"
+                    .into(),
+            );
         }
         Ok(cfg)
     }
@@ -266,6 +319,14 @@ mod tests {
         assert!(NodeConfig::from_toml("[storage]\nmax_concurrent_puts = 0").is_err());
         assert!(NodeConfig::from_toml("[network]\nlisten = \"udp:7071\"").is_err());
         assert!(NodeConfig::from_toml("[network]\nbootstrap = [\"nope\"]").is_err());
+        assert!(NodeConfig::from_toml("[network]\nmembers = [\"not-a-peer\"]").is_err());
+        assert!(
+            NodeConfig::from_toml(
+                "[network]\nopen_membership = true\n[chain]\nrpc_url = \"http://x\"\ncontract = \"0x1\""
+            )
+            .is_err(),
+            "a chain decides membership alone"
+        );
         assert_eq!(
             NodeConfig::from_toml("").expect("empty is defaults"),
             NodeConfig::default()

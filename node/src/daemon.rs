@@ -29,12 +29,42 @@ pub enum StartError {
     Network(#[from] crate::net::NetError),
     #[error("chain: {0}")]
     Chain(#[from] crate::chain::ChainError),
+    #[error(transparent)]
+    Token(#[from] crate::api::auth::TokenError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Who is a member without a chain: the configured list, or everyone (development).
+fn membership_of(config: &NodeConfig) -> Result<crate::net::Membership, StartError> {
+    use crate::net::Membership;
+    if config.network.open_membership {
+        tracing::warn!(
+            "OPEN MEMBERSHIP: every peer may store shards here, be placed on and serve reads. \
+             For local development only; list the members in network.members or use a chain"
+        );
+        return Ok(Membership::open());
+    }
+    let peers = config
+        .network
+        .members
+        .iter()
+        .map(|m| {
+            m.parse::<libp2p::PeerId>()
+                .map_err(|e| StartError::Config(format!("network.members: {m:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if peers.is_empty() && !config.network.bootstrap.is_empty() {
+        tracing::warn!(
+            "network.members is empty and there is no chain: this node joins its peers but \
+             places nothing on them and accepts no shards from them"
+        );
+    }
+    Ok(Membership::list(&peers))
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`] and [`Node::wait`].
@@ -80,25 +110,48 @@ impl Node {
                 .map_err(|e| StartError::Config(format!("invalid multiaddr {a:?}: {e}")))
         };
         let chain = if config.chain.enabled() {
-            let key = config.chain.key();
-            if key.is_empty() {
+            let chain_key = config.chain.key();
+            if chain_key.is_empty() {
                 return Err(StartError::Config(format!(
                     "chain.rpc_url is set but no key: set chain.key or {}",
                     crate::chain::KEY_ENV
                 )));
             }
-            let c =
-                crate::chain::Chain::connect(&config.chain.rpc_url, &config.chain.contract, &key)?;
+            let c = crate::chain::Chain::connect(
+                &config.chain.rpc_url,
+                &config.chain.contract,
+                &chain_key,
+            )?;
             let stake = alloy::primitives::U256::from(config.chain.stake_gwei)
                 * alloy::primitives::U256::from(1_000_000_000u64);
-            if config.chain.stake_gwei > 0 && c.ensure_registered(stake).await? {
-                tracing::info!(account = %crate::chain::ProofChain::me(&c), stake_gwei = config.chain.stake_gwei, "registered on chain");
+            let peer = crate::chain::peer_word(&key.public().to_peer_id());
+            if config.chain.stake_gwei > 0 && c.ensure_registered(stake, peer).await? {
+                tracing::info!(account = %crate::chain::ProofChain::me(&c), %peer, stake_gwei = config.chain.stake_gwei, "registered on chain");
             }
             Some(c)
         } else {
             None
         };
+        let metrics = crate::metrics::Metrics::new(Some(store.clone()));
+        let membership = match &chain {
+            Some(c) => {
+                // The registry is read once before the node serves, then followed.
+                let (m, writer) =
+                    crate::net::Membership::dynamic(crate::net::membership::Mode::Chain);
+                let registry = crate::chain::registry::Registry::new(
+                    c.clone(),
+                    writer,
+                    metrics.chain_registry.clone(),
+                )
+                .await?;
+                let poll = std::time::Duration::from_millis(config.chain.poll_ms);
+                tasks.spawn(registry.run(poll, cancel.clone()));
+                m
+            }
+            None => membership_of(&config)?,
+        };
         let net_cfg = crate::net::NetConfig {
+            membership: membership.clone(),
             account: chain
                 .as_ref()
                 .map(|c| crate::chain::ProofChain::me(c).to_string()),
@@ -110,14 +163,22 @@ impl Node {
                 .map(parse)
                 .collect::<Result<_, _>>()?,
         };
-        let metrics = crate::metrics::Metrics::new(Some(store.clone()));
         let (net, swarm_task) =
             crate::net::Network::start(key, net_cfg, metrics.swarm.clone(), cancel.clone())?;
         tasks.spawn(async move {
             let _ = swarm_task.await;
         });
         let stats = Arc::new(crate::net::TransferStats::new(metrics.transfers.clone()));
-        let server = crate::net::ShardServer::new(store.clone(), net.clone(), Arc::clone(&stats));
+        let server = crate::net::ShardServer::new(
+            store.clone(),
+            net.clone(),
+            membership.clone(),
+            crate::net::ServerLimits {
+                peer_pending_bytes: config.storage.peer_pending_bytes,
+                max_sessions_per_peer: config.storage.max_uploads_per_peer,
+            },
+            Arc::clone(&stats),
+        );
         tasks.spawn(server.run(cancel.clone()));
         let publisher = match chain {
             Some(c) => {
@@ -146,6 +207,11 @@ impl Node {
             net,
             store: store.clone(),
             allow_colocation: config.network.allow_colocation,
+            membership,
+        };
+        let token = match config.node.configured_token() {
+            t if !t.is_empty() => t,
+            _ => crate::api::auth::load_or_create_token(&config.node.data_dir)?,
         };
         let addr = config.node.http_listen;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -163,6 +229,11 @@ impl Node {
             cluster: Some(cluster),
             publisher,
             metrics,
+            access: Arc::new(crate::api::auth::Access::new(
+                token,
+                http_addr,
+                &config.node.allowed_hosts,
+            )),
         };
         let stop = cancel.clone();
         tasks.spawn(async move {

@@ -48,6 +48,7 @@ pub async fn run(size: u64, dir: Option<PathBuf>, progress: bool) -> Result<()> 
 
     let mut client = Client::new(&url);
     client.progress = progress;
+    client.token = Some(crate::devnet::token(&net.nodes[0])?);
     let t = Instant::now();
     let put = client.put(&src, &PutOptions::default()).await?;
     let put_secs = t.elapsed();

@@ -229,6 +229,18 @@ async fn status(url: &str) -> Result<serde_json::Value> {
     Ok(Client::new(url).json("/v1/status").await?)
 }
 
+/// The API token of a devnet node (written into its data directory at its first start).
+pub fn token(node: &DevnetNode) -> Result<String> {
+    let path = node
+        .dir
+        .join("data")
+        .join(cairn_node::api::auth::TOKEN_FILE);
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_owned())
+}
+
 /// Start `n` nodes under `dir` with the given coding defaults; each node dials every node
 /// started before it, so the network is fully joined when this returns.
 pub async fn up(
@@ -272,6 +284,19 @@ pub async fn up(
         };
         std::fs::write(state_file(dir), serde_json::to_string_pretty(&partial)?)?;
     }
+    // Without a chain, membership is the list of the devnet's own peer ids: the identities
+    // are made before any node starts, so every node's config can list them all.
+    let mut members = Vec::new();
+    if chain.is_none() {
+        for i in 0..n {
+            let key = cairn_node::net::load_identity(
+                &dir.join(format!("node-{i}"))
+                    .join("data")
+                    .join("identity.key"),
+            )?;
+            members.push(format!("{:?}", key.public().to_peer_id().to_string()));
+        }
+    }
     let mut nodes: Vec<DevnetNode> = Vec::with_capacity(n);
     for i in 0..n {
         let node_dir = dir.join(format!("node-{i}"));
@@ -280,9 +305,11 @@ pub async fn up(
         let mut config = format!(
             "[node]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n\n\
              [erasure]\nk = {k}\nm = {m}\nstripe_size = {stripe_size}\n\n\
-             [network]\nlisten = \"/ip4/127.0.0.1/udp/0/quic-v1\"\nbootstrap = [{}]\n",
+             [network]\nlisten = \"/ip4/127.0.0.1/udp/0/quic-v1\"\nbootstrap = [{}]\n\
+             members = [{}]\n",
             node_dir.join("data").display().to_string(),
-            bootstrap.join(", ")
+            bootstrap.join(", "),
+            members.join(", ")
         );
         if let Some(c) = &chain {
             config.push_str(&format!(
@@ -339,20 +366,25 @@ pub async fn up(
         chain,
     };
     std::fs::write(state_file(dir), serde_json::to_string_pretty(&net)?)?;
-    // Every node knows every other one.
+    // Every node knows every other one, as a member.
     let deadline = Instant::now() + START_TIMEOUT;
     for node in &net.nodes {
         loop {
             let s = status(&node.http).await?;
-            if s["peers"].as_u64().unwrap_or(0) as usize >= n - 1 {
+            if s["peers"].as_u64().unwrap_or(0) as usize >= n - 1
+                && s["members"].as_u64().unwrap_or(0) as usize >= n - 1
+                && s["member"].as_bool() == Some(true)
+            {
                 break;
             }
             if Instant::now() > deadline {
                 bail!(
-                    "node {} sees only {} of {} peers",
+                    "node {} sees only {} of {} peers ({} as members; itself a member: {})",
                     node.http,
                     s["peers"],
-                    n - 1
+                    n - 1,
+                    s["members"],
+                    s["member"]
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

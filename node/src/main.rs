@@ -13,6 +13,19 @@ use cairn_node::daemon::Node;
 use clap::Parser;
 use cli::{Cli, Command, DevnetCommand, NodeCommand};
 
+fn load_config(path: Option<&std::path::Path>) -> Result<NodeConfig> {
+    Ok(match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            NodeConfig::from_toml(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("in {}", path.display()))?
+        }
+        None => NodeConfig::default(),
+    })
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -28,20 +41,21 @@ async fn main() -> Result<()> {
     init_tracing();
     let mut client = Client::new(&cli.node);
     client.progress = !cli.quiet;
+    if let Some(t) = cli.token {
+        client.token = Some(t);
+    }
     match cli.command {
+        Command::Node {
+            command: NodeCommand::Id { config },
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let key = cairn_node::net::load_identity(&cfg.node.data_dir.join("identity.key"))?;
+            println!("{}", key.public().to_peer_id());
+        }
         Command::Node {
             command: NodeCommand::Run { config },
         } => {
-            let cfg = match config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    NodeConfig::from_toml(&text)
-                        .map_err(anyhow::Error::msg)
-                        .with_context(|| format!("in {}", path.display()))?
-                }
-                None => NodeConfig::default(),
-            };
+            let cfg = load_config(config.as_deref())?;
             let node = Node::start(cfg).await?;
             // Tests and scripts wait for this line (the port is chosen at start with port 0).
             println!("cairn node listening on http://{}", node.http_addr);
@@ -279,6 +293,13 @@ async fn main() -> Result<()> {
                     net.nodes[0].http,
                     dir.display()
                 );
+                if dir != std::path::Path::new(cli::DEVNET_DIR) {
+                    eprintln!(
+                        "writes need each node's API token: run the CLI with CAIRN_DEVNET_DIR={} \
+                         (or --token from <node dir>/data/api.token)",
+                        dir.display()
+                    );
+                }
             }
             DevnetCommand::Down { dir } => {
                 let n = devnet::down(&dir)?;

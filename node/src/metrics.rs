@@ -36,6 +36,30 @@ pub struct RouteOnly {
     pub method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why a request was refused (a stable short code).
+    pub reason: &'static str,
+}
+
+/// Reasons a shard request is refused, each a series from the start.
+pub const SHARD_REFUSALS: &[&str] = &[
+    "not_member",
+    "not_owner",
+    "unknown_upload",
+    "commit_mismatch",
+    "stream_limit",
+    "quota",
+    "header_timeout",
+    "bad_request",
+];
+
+/// Reasons a provider record from a peer is refused.
+pub const PROVIDER_REFUSALS: &[&str] = &["not_member", "peer_cap", "remote_cap", "store"];
+
+/// Reasons an HTTP request is refused before its handler runs.
+pub const HTTP_REFUSALS: &[&str] = &["unauthorized", "foreign_host"];
+
 /// The HTTP API.
 #[derive(Clone, Debug)]
 pub struct HttpMetrics {
@@ -45,6 +69,8 @@ pub struct HttpMetrics {
     pub put_bytes: Counter,
     /// File bytes sent to clients by reads through this node.
     pub get_bytes: Counter,
+    /// Requests refused for a missing or wrong token, or a foreign Host.
+    pub refused: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +103,8 @@ pub struct TransferMetrics {
     pub bad_peer_answers: Counter,
     /// Shard streams this node is answering now.
     pub active_streams: Gauge,
+    /// Shard requests refused, by reason.
+    pub refused: Family<ReasonLabels, Counter>,
 }
 
 impl TransferMetrics {
@@ -94,6 +122,15 @@ impl TransferMetrics {
             .inc_by(n);
     }
 
+    /// Count a refused request.
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn refused_total(&self, reason: &'static str) -> u64 {
+        self.refused.get_or_create(&ReasonLabels { reason }).get()
+    }
+
     pub fn bytes_total(&self, direction: &'static str) -> u64 {
         self.bytes
             .get_or_create(&DirectionLabels { direction })
@@ -107,12 +144,29 @@ pub struct SwarmMetrics {
     pub libp2p: Arc<libp2p::metrics::Metrics>,
     pub connected_peers: Gauge,
     pub routing_table_peers: Gauge,
+    /// Members known (other nodes and this one, when it is one).
+    pub members: Gauge,
+    /// Provider records of other peers held.
+    pub remote_provider_records: Gauge,
+    /// Provider records from peers refused, by reason.
+    pub provider_refused: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for SwarmMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SwarmMetrics").finish_non_exhaustive()
     }
+}
+
+/// The members' registry followed from chain.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryMetrics {
+    /// Members in the registry (registered with enough stake and a bound peer id).
+    pub members: Gauge,
+    /// Last block whose registry events were read.
+    pub synced_block: Gauge,
+    /// Sync attempts that failed (the last good set is kept).
+    pub errors: Counter,
 }
 
 /// Proofs of storage and the chain (prover and watcher tasks).
@@ -194,6 +248,7 @@ pub struct Metrics {
     pub transfers: TransferMetrics,
     pub swarm: SwarmMetrics,
     pub proofs: ProofMetrics,
+    pub chain_registry: RegistryMetrics,
 }
 
 impl Metrics {
@@ -214,7 +269,16 @@ impl Metrics {
             duration: Family::new_with_constructor(duration_buckets as fn() -> Histogram),
             put_bytes: Counter::default(),
             get_bytes: Counter::default(),
+            refused: Family::default(),
         };
+        reg.register(
+            "http_refused",
+            "HTTP requests refused before their handler (missing token, foreign Host)",
+            http.refused.clone(),
+        );
+        for reason in HTTP_REFUSALS {
+            let _ = http.refused.get_or_create(&ReasonLabels { reason });
+        }
         reg.register(
             "http_requests",
             "HTTP API requests answered",
@@ -241,7 +305,16 @@ impl Metrics {
             bytes: Family::default(),
             bad_peer_answers: Counter::default(),
             active_streams: Gauge::default(),
+            refused: Family::default(),
         };
+        reg.register(
+            "shard_requests_refused",
+            "Shard requests from peers refused, by reason",
+            transfers.refused.clone(),
+        );
+        for reason in SHARD_REFUSALS {
+            let _ = transfers.refused.get_or_create(&ReasonLabels { reason });
+        }
         reg.register(
             "shard_transfers",
             "Shard transfers with peers, by operation and outcome",
@@ -283,7 +356,30 @@ impl Metrics {
             libp2p,
             connected_peers: Gauge::default(),
             routing_table_peers: Gauge::default(),
+            members: Gauge::default(),
+            remote_provider_records: Gauge::default(),
+            provider_refused: Family::default(),
         };
+        reg.register(
+            "members",
+            "Members of the network this node knows (placement candidates)",
+            swarm.members.clone(),
+        );
+        reg.register(
+            "kad_remote_provider_records",
+            "Provider records of other peers this node holds",
+            swarm.remote_provider_records.clone(),
+        );
+        reg.register(
+            "kad_provider_records_refused",
+            "Provider records from peers refused, by reason",
+            swarm.provider_refused.clone(),
+        );
+        for reason in PROVIDER_REFUSALS {
+            let _ = swarm
+                .provider_refused
+                .get_or_create(&ReasonLabels { reason });
+        }
         reg.register(
             "p2p_connected_peers",
             "Peers with an open QUIC connection",
@@ -358,6 +454,22 @@ impl Metrics {
         ] {
             reg.register(name, help, m.clone());
         }
+        let registry = RegistryMetrics::default();
+        reg.register(
+            "registry_members",
+            "Members in the chain's registry (bound peer id, enough stake)",
+            registry.members.clone(),
+        );
+        reg.register(
+            "registry_synced_block",
+            "Last block whose registry events this node read",
+            registry.synced_block.clone(),
+        );
+        reg.register(
+            "registry_sync_errors",
+            "Registry syncs that failed (the last member set is kept)",
+            registry.errors.clone(),
+        );
         if let Some(store) = store {
             reg.register_collector(Box::new(StoreCollector { store }));
         }
@@ -367,6 +479,7 @@ impl Metrics {
             transfers,
             swarm,
             proofs,
+            chain_registry: registry,
         }
     }
 

@@ -48,6 +48,9 @@ pub enum IngestError {
     /// Shards could not be placed on the cluster.
     #[error("could not place shards: {0}")]
     Placement(String),
+    /// This node may not place shards on the network.
+    #[error("{0}")]
+    NotMember(String),
 }
 
 /// What an upload carries.
@@ -472,25 +475,50 @@ impl<'a, B: Backend> FileReader<'a, B> {
                 detail: e.to_string(),
             }
         })?;
-        let shard_len = usize::try_from(self.layout.shard_len(stripe_len)).expect("in memory");
+        if let Err(shard) = check_rebuilt(&self.layout, stripe_len, &data, cids, &damaged) {
+            return Err(GetError::Reconstructed {
+                path: file.path.clone(),
+                stripe,
+                shard,
+            });
+        }
         for i in damaged {
-            let mut shard = vec![0u8; shard_len];
-            let lo = (i * shard_len).min(data.len());
-            let hi = ((i + 1) * shard_len).min(data.len());
-            shard[..hi - lo].copy_from_slice(&data[lo..hi]);
-            if cairn_erasure::shard_cid(&blake3::hash(&shard)) != cids[i] {
-                return Err(GetError::Reconstructed {
-                    path: file.path.clone(),
-                    stripe,
-                    shard: i,
-                });
-            }
+            let shard = rebuilt_shard(&self.layout, stripe_len, &data, i);
             if let Err(e) = self.store.repair_shard(&cids[i], &shard) {
                 tracing::warn!(cid = %cids[i], error = %e, "could not write back a repaired shard");
             }
         }
         Ok(data)
     }
+}
+
+/// Data shard `i` of a decoded stripe, zero-padded to the shard length.
+pub(crate) fn rebuilt_shard(layout: &Layout, stripe_len: u64, data: &[u8], i: usize) -> Vec<u8> {
+    let shard_len = usize::try_from(layout.shard_len(stripe_len)).expect("in memory");
+    let mut shard = vec![0u8; shard_len];
+    let lo = (i * shard_len).min(data.len());
+    let hi = ((i + 1) * shard_len).min(data.len());
+    shard[..hi - lo].copy_from_slice(&data[lo..hi]);
+    shard
+}
+
+/// Check that the data shards `rebuilt` of a decoded stripe hash to their CIDs: parity that
+/// is inconsistent with the data (a lying publisher, or bytes corrupted before they were
+/// hashed) decodes into wrong bytes, which must never be served. `Err(i)`: shard `i` does not.
+pub(crate) fn check_rebuilt(
+    layout: &Layout,
+    stripe_len: u64,
+    data: &[u8],
+    cids: &[Cid],
+    rebuilt: &[usize],
+) -> Result<(), usize> {
+    for &i in rebuilt {
+        let shard = rebuilt_shard(layout, stripe_len, data, i);
+        if cairn_erasure::shard_cid(&blake3::hash(&shard)) != cids[i] {
+            return Err(i);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use alloy::providers::Provider;
 use alloy::rpc::types::{Filter, Log};
 use alloy::sol_types::SolEvent;
 use cairn_erasure::Manifest;
-use cairn_node::chain::{CairnStorage, Chain, ProofChain};
+use cairn_node::chain::{CairnStorage, Chain, ProofChain, peer_word};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 const NODES: usize = 8;
@@ -117,12 +117,19 @@ impl Drop for Devnet {
     }
 }
 
-fn put(url: &str, path: &Path, parent: Option<&str>) -> String {
-    let mut args = vec!["--node", url, "put", path.to_str().expect("utf-8")];
+/// Put through devnet node `i`: the CLI finds the node's token through the devnet's state.
+fn put(net: &Devnet, i: usize, path: &Path, parent: Option<&str>) -> String {
+    let url = net.url(i);
+    let mut args = vec!["--node", &url, "put", path.to_str().expect("utf-8")];
     if let Some(p) = parent {
         args.extend(["--parent", p]);
     }
-    ok(cli(&args)).trim().to_owned()
+    let out = Command::new(BIN)
+        .args(&args)
+        .env("CAIRN_DEVNET_DIR", &net.dir)
+        .output()
+        .expect("run cairn");
+    ok(out).trim().to_owned()
 }
 
 async fn manifest_of(url: &str, root: &str) -> Manifest {
@@ -201,6 +208,39 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
     let params = chain.params().await.expect("params");
     assert_eq!(params.epoch_blocks, EPOCH_BLOCKS);
 
+    // Every node registered its libp2p identity: its peer id names its account, a member.
+    let now = chain.block_number().await.expect("block");
+    let changed = chain
+        .registry_changes(params.genesis_block, now)
+        .await
+        .expect("registry changes");
+    for i in 0..NODES {
+        let status: serde_json::Value = reqwest::get(format!("{}/v1/status", net.url(i)))
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        let id: libp2p::PeerId = status["peer_id"]
+            .as_str()
+            .expect("peer id")
+            .parse()
+            .expect("a peer id");
+        let word = peer_word(&id);
+        let m = chain
+            .contract()
+            .memberOfPeer(word)
+            .call()
+            .await
+            .expect("memberOfPeer");
+        assert_eq!((m.account, m.member), (net.account(i), true), "node {i}");
+        assert_eq!(
+            chain.member_entry(net.account(i)).await.expect("entry"),
+            (word, true)
+        );
+        assert!(changed.contains(&net.account(i)), "node {i} registered");
+    }
+
     // A base checkpoint (a real model folder), a fine-tune of it (one small file: one stripe,
     // one shard per storing node) and a fine-tune of that.
     let base_dir = tmp.path().join("base");
@@ -223,9 +263,9 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
     .expect("ft2");
     let gateway = net.url(0);
     let first_block = chain.block_number().await.expect("block");
-    let base = put(&gateway, &base_dir, None);
-    let ft1 = put(&gateway, &ft_file, Some(&base));
-    let ft2 = put(&gateway, &ft2_file, Some(&ft1));
+    let base = put(&net, 0, &base_dir, None);
+    let ft1 = put(&net, 0, &ft_file, Some(&base));
+    let ft2 = put(&net, 0, &ft2_file, Some(&ft1));
 
     // 5. The lineage of the newest fine-tune goes back to the base.
     let log = ok(cli(&["--node", &net.url(3), "log", &ft2]));

@@ -1,14 +1,16 @@
 //! The CairnStorage contract's rules, each against a real anvil: registry and unbonding,
-//! provenance, deals, challenges and proofs (built by `cairn-proofs`), payment per proven
-//! epoch, missed-epoch slashing, every custom error, reentrancy, and the accounting invariant
-//! after a random sequence of operations.
+//! peer-id binding and membership, registry reads, provenance, deals, challenges and proofs
+//! (built by `cairn-proofs`), payment per proven epoch, missed-epoch slashing, every custom
+//! error, reentrancy, and the accounting invariant after a random sequence of operations.
 
 use alloy::node_bindings::{Anvil, AnvilInstance};
 use alloy::primitives::{Address, B256, Bytes, FixedBytes, U256};
 use alloy::providers::Provider;
 use alloy::providers::ext::AnvilApi;
 use alloy::sol_types::{SolCall, SolError};
-use cairn_node::chain::{CairnStorage, Chain, ChainError, DeployArgs, ProofChain, provider};
+use cairn_node::chain::{
+    CairnStorage, Chain, ChainError, DeployArgs, ProofChain, peer_word, provider,
+};
 use cairn_proofs::tree::{CHUNK_LEAVES, CHUNK_SIZE, shard_chunk_roots};
 use cairn_proofs::{Commitment, Proof, UpperTree, encode_blob, prove};
 
@@ -216,9 +218,16 @@ async fn deal(
         .to()
 }
 
+/// Account `i`'s node identity as the contract knows it: the peer word of an ed25519 key
+/// derived from `i` (distinct per account).
+fn peer(i: usize) -> B256 {
+    let key = libp2p::identity::Keypair::ed25519_from_bytes([i as u8 + 1; 32]).expect("key");
+    peer_word(&key.public().to_peer_id())
+}
+
 async fn register(env: &Env, i: usize) {
     let c = env.as_(i);
-    send(&c, c.contract().register().value(eth(2)))
+    send(&c, c.contract().register(peer(i)).value(eth(2)))
         .await
         .expect("register");
 }
@@ -306,7 +315,7 @@ async fn registry_stake_unbonding_and_exit() {
     let n = env.as_(1);
     let k = n.contract();
     refused(
-        send(&n, k.register().value(eth(1) - U256::from(1u64))).await,
+        send(&n, k.register(peer(1)).value(eth(1) - U256::from(1u64))).await,
         "StakeTooLow",
     );
     refused(send(&n, k.topUp().value(eth(1))).await, "NotRegistered");
@@ -314,7 +323,7 @@ async fn registry_stake_unbonding_and_exit() {
     refused(send(&n, k.exit()).await, "NotRegistered");
     register(&env, 1).await;
     refused(
-        send(&n, k.register().value(eth(1))).await,
+        send(&n, k.register(peer(1)).value(eth(1))).await,
         "AlreadyRegistered",
     );
     send(&n, k.topUp().value(eth(1))).await.expect("top up");
@@ -376,6 +385,327 @@ async fn registry_stake_unbonding_and_exit() {
         "DealNotProposed",
     );
     env.check_accounting(&env.anvil.addresses()[..8]).await;
+}
+
+/// The contract refused with custom error `name`, naming `value` (hex) among its arguments.
+fn refused_naming<T: std::fmt::Debug>(r: Result<T, ChainError>, name: &str, value: &[u8]) {
+    let needle = alloy::hex::encode(value);
+    match r {
+        Err(e)
+            if e.reason()
+                .is_some_and(|r| r.starts_with(name) && r.to_lowercase().contains(&needle)) => {}
+        other => panic!("expected {name} naming {needle}, got {other:?}"),
+    }
+}
+
+async fn member_of_peer(c: &Chain, p: B256) -> (Address, bool) {
+    let m = c
+        .contract()
+        .memberOfPeer(p)
+        .call()
+        .await
+        .expect("memberOfPeer");
+    (m.account, m.member)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_binds_one_peer_word_to_one_account_for_good() {
+    let env = Env::new().await;
+    let (n1, n2) = (env.as_(1), env.as_(2));
+    let (k1, k2) = (n1.contract(), n2.contract());
+    refused(
+        send(&n1, k1.register(B256::ZERO).value(eth(2))).await,
+        "ZeroPeer",
+    );
+    assert_eq!(
+        k1.peerOf(env.addr(1)).call().await.expect("peerOf"),
+        B256::ZERO
+    );
+    assert_eq!(member_of_peer(&n1, peer(1)).await, (Address::ZERO, false));
+
+    let r = send(&n1, k1.register(peer(1)).value(eth(2)))
+        .await
+        .expect("register");
+    let ev = r
+        .inner
+        .logs()
+        .iter()
+        .find_map(|l| l.log_decode::<CairnStorage::NodeRegistered>().ok())
+        .expect("NodeRegistered")
+        .inner
+        .data;
+    assert_eq!((ev.node, ev.stake, ev.peer), (env.addr(1), eth(2), peer(1)));
+    assert_eq!(
+        k1.peerOf(env.addr(1)).call().await.expect("peerOf"),
+        peer(1)
+    );
+    assert_eq!(
+        k1.accountOfPeer(peer(1))
+            .call()
+            .await
+            .expect("accountOfPeer"),
+        env.addr(1)
+    );
+    assert!(k1.isMember(env.addr(1)).call().await.expect("isMember"));
+    assert!(!k1.isMember(env.addr(2)).call().await.expect("isMember"));
+    assert_eq!(member_of_peer(&n1, peer(1)).await, (env.addr(1), true));
+    assert_eq!(member_of_peer(&n1, peer(2)).await, (Address::ZERO, false));
+
+    // Another account cannot take the word; the bound account cannot register twice.
+    refused_naming(
+        send(&n2, k2.register(peer(1)).value(eth(2))).await,
+        "PeerTaken",
+        env.addr(1).as_slice(),
+    );
+    refused(
+        send(&n1, k1.register(peer(2)).value(eth(2))).await,
+        "AlreadyRegistered",
+    );
+
+    // After exit the binding stays: the account is no member, its word still taken, and it
+    // comes back only with the same word.
+    send(&n1, k1.exit()).await.expect("exit");
+    assert!(!k1.isMember(env.addr(1)).call().await.expect("isMember"));
+    assert_eq!(member_of_peer(&n1, peer(1)).await, (env.addr(1), false));
+    assert_eq!(
+        k1.peerOf(env.addr(1)).call().await.expect("peerOf"),
+        peer(1)
+    );
+    refused_naming(
+        send(&n1, k1.register(peer(2)).value(eth(2))).await,
+        "PeerMismatch",
+        peer(1).as_slice(),
+    );
+    refused_naming(
+        send(&n2, k2.register(peer(1)).value(eth(2))).await,
+        "PeerTaken",
+        env.addr(1).as_slice(),
+    );
+    send(&n1, k1.register(peer(1)).value(eth(1)))
+        .await
+        .expect("re-register with the same word");
+    assert_eq!(member_of_peer(&n1, peer(1)).await, (env.addr(1), true));
+    // The refused attempts bound nothing: the other word is still free.
+    send(&n2, k2.register(peer(2)).value(eth(1)))
+        .await
+        .expect("register another word");
+    assert_eq!(member_of_peer(&n2, peer(2)).await, (env.addr(2), true));
+    assert_eq!(
+        k2.peerOf(env.addr(2)).call().await.expect("peerOf"),
+        peer(2)
+    );
+    env.check_accounting(&env.anvil.addresses()[..4]).await;
+}
+
+/// `Chain::ensure_registered`: registers once, then checks the binding; an account bound to
+/// another identity is a configuration error, registered or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_registered_checks_the_bound_peer_word() {
+    let env = Env::new().await;
+    let n = env.as_(1);
+    assert!(
+        n.ensure_registered(eth(1), peer(1))
+            .await
+            .expect("register")
+    );
+    assert!(!n.ensure_registered(eth(1), peer(1)).await.expect("again"));
+    assert_eq!(
+        n.member_entry(env.addr(1)).await.expect("entry"),
+        (peer(1), true)
+    );
+    let other = |r: Result<bool, ChainError>| match r {
+        Err(ChainError::Config(m)) => {
+            assert!(m.contains(&peer(1).to_string()), "{m}");
+            assert!(m.contains("not this node's identity"), "{m}");
+        }
+        r => panic!("expected a configuration error, got {r:?}"),
+    };
+    other(n.ensure_registered(eth(1), peer(2)).await);
+    send(&n, n.contract().exit()).await.expect("exit");
+    other(n.ensure_registered(eth(1), peer(2)).await);
+    assert!(!n.is_registered(env.addr(1)).await.expect("registered"));
+    assert!(n.ensure_registered(eth(1), peer(1)).await.expect("back"));
+    assert!(n.is_registered(env.addr(1)).await.expect("registered"));
+}
+
+/// A member is registered with at least `minStake` bonded: a withdrawal request or a slash
+/// below it ends membership, a top-up brings it back; `registry_changes` names the slashed
+/// node (not the reporter or the client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_follows_the_bonded_stake() {
+    let env = Env::new().await;
+    register(&env, 1).await;
+    let n = env.as_(1);
+    let k = n.contract();
+    let a1 = env.addr(1);
+    let member = || async move { k.isMember(a1).call().await.expect("isMember") };
+    assert!(member().await);
+    send(&n, k.requestWithdrawal(eth(1)))
+        .await
+        .expect("request");
+    assert!(member().await, "exactly minStake bonded is enough");
+    send(&n, k.requestWithdrawal(U256::from(1u64)))
+        .await
+        .expect("request");
+    assert!(!member().await, "one wei below minStake");
+    assert_eq!(member_of_peer(&n, peer(1)).await, (env.addr(1), false));
+    assert_eq!(
+        n.member_entry(env.addr(1)).await.expect("entry"),
+        (peer(1), false)
+    );
+    send(&n, k.topUp().value(U256::from(1u64)))
+        .await
+        .expect("top up");
+    assert!(member().await);
+
+    // A missed epoch of an accepted deal: the slash takes the bonded stake below minStake.
+    let tree = tree_of(&data(1, 5));
+    let id = deal(&env, 5, 1, word(1), tree.commitment(), 2).await;
+    send(&n, k.acceptDeal(U256::from(id)))
+        .await
+        .expect("accept");
+    let d = n.deal(id).await.expect("deal");
+    let params = n.params().await.expect("params");
+    env.mine_to(params.epoch_start(d.start) + WINDOW + 2).await;
+    let reporter = env.as_(7);
+    let r = send(
+        &reporter,
+        reporter
+            .contract()
+            .reportMissed(env.addr(1), d.start, U256::from(id)),
+    )
+    .await
+    .expect("report");
+    assert!(!member().await, "slashed below minStake");
+    assert!(n.is_registered(env.addr(1)).await.expect("registered"));
+    assert_eq!(member_of_peer(&n, peer(1)).await, (env.addr(1), false));
+    let b = r.block_number.expect("block");
+    assert_eq!(
+        n.registry_changes(b, b).await.expect("changes"),
+        [env.addr(1)]
+    );
+    send(&n, k.topUp().value(slash())).await.expect("top up");
+    assert!(member().await);
+}
+
+/// `registry_changes` names the accounts whose registry entry changed in a block range, in
+/// the order of their first event, and only this contract's; `member_entry` reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_changes_name_the_accounts_touched_in_a_range() {
+    let env = Env::new().await;
+    let c = env.as_(0);
+    let genesis = c.genesis_block().await.expect("genesis");
+    assert_eq!(genesis, c.params().await.expect("params").genesis_block);
+    let block_of = |r: alloy::rpc::types::TransactionReceipt| r.block_number.expect("block");
+    let (n1, n2, n3) = (env.as_(1), env.as_(2), env.as_(3));
+    let b1 = block_of(
+        send(&n1, n1.contract().register(peer(1)).value(eth(2)))
+            .await
+            .expect("register 1"),
+    );
+    let b2 = block_of(
+        send(&n2, n2.contract().register(peer(2)).value(eth(2)))
+            .await
+            .expect("register 2"),
+    );
+    let p4 = env.as_(4);
+    let b3 = block_of(
+        send(&p4, p4.contract().publish(word(1), B256::ZERO, word(2)))
+            .await
+            .expect("publish"),
+    );
+    let b4 = block_of(
+        send(&n2, n2.contract().topUp().value(U256::from(1u64)))
+            .await
+            .expect("top up"),
+    );
+    let b5 = block_of(
+        send(&n3, n3.contract().register(peer(3)).value(eth(1)))
+            .await
+            .expect("register 3"),
+    );
+    let b6 = block_of(
+        send(&n1, n1.contract().requestWithdrawal(eth(1)))
+            .await
+            .expect("request"),
+    );
+    let b7 = block_of(send(&n3, n3.contract().exit()).await.expect("exit"));
+    // Registry events of another deployment are not this contract's.
+    let (p, _) = provider(&env.anvil.endpoint(), &key_hex(&env.anvil, 6)).expect("provider");
+    let elsewhere = Chain::deploy(
+        &p,
+        DeployArgs {
+            min_stake: eth(1),
+            epoch_blocks: EPOCH,
+            proof_window: WINDOW,
+            unbonding_epochs: UNBONDING,
+            slash_amount: slash(),
+            reward_bps: 2500,
+            samples: SAMPLES,
+        },
+    )
+    .await
+    .expect("deploy");
+    let n6 = Chain::connect(
+        &env.anvil.endpoint(),
+        &elsewhere.to_string(),
+        &key_hex(&env.anvil, 6),
+    )
+    .expect("client");
+    let b8 = block_of(
+        send(&n6, n6.contract().register(peer(6)).value(eth(1)))
+            .await
+            .expect("register elsewhere"),
+    );
+    assert_eq!(
+        n6.registry_changes(b8, b8).await.expect("changes"),
+        [env.addr(6)]
+    );
+
+    let (a1, a2, a3) = (env.addr(1), env.addr(2), env.addr(3));
+    assert_eq!(
+        c.registry_changes(genesis, b8).await.expect("changes"),
+        [a1, a2, a3]
+    );
+    let none: [Address; 0] = [];
+    assert_eq!(
+        c.registry_changes(genesis, b1 - 1).await.expect("changes"),
+        none
+    );
+    assert_eq!(c.registry_changes(b3, b3).await.expect("changes"), none);
+    assert_eq!(c.registry_changes(b2, b2).await.expect("changes"), [a2]);
+    assert_eq!(
+        c.registry_changes(b4, b6).await.expect("changes"),
+        [a2, a3, a1]
+    );
+    assert_eq!(c.registry_changes(b5, b7).await.expect("changes"), [a3, a1]);
+    assert_eq!(c.registry_changes(b7, b8).await.expect("changes"), [a3]);
+
+    // StakeWithdrawn names the account too (it changes no membership).
+    let params = c.params().await.expect("params");
+    let available = n3
+        .contract()
+        .nodes(a3)
+        .call()
+        .await
+        .expect("node")
+        .unbondingEpoch;
+    env.mine_to(params.epoch_start(available) + 1).await;
+    let b9 = block_of(
+        send(&n3, n3.contract().withdrawUnbonded())
+            .await
+            .expect("withdraw"),
+    );
+    assert_eq!(c.registry_changes(b9, b9).await.expect("changes"), [a3]);
+
+    assert_eq!(c.member_entry(a1).await.expect("entry"), (peer(1), true));
+    assert_eq!(c.member_entry(a2).await.expect("entry"), (peer(2), true));
+    assert_eq!(c.member_entry(a3).await.expect("entry"), (peer(3), false));
+    assert_eq!(
+        c.member_entry(env.addr(6)).await.expect("entry"),
+        (B256::ZERO, false),
+        "registered with another deployment only"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -781,7 +1111,7 @@ async fn accounting_holds_after_random_operations() {
         let c = env.as_(who);
         let k = c.contract();
         let r = match next(11) {
-            0 => send(&c, k.register().value(eth(1 + next(2))))
+            0 => send(&c, k.register(peer(who)).value(eth(1 + next(2))))
                 .await
                 .map(|_| ()),
             1 => send(&c, k.topUp().value(U256::from(next(1000) + 1)))
@@ -904,6 +1234,8 @@ fn every_custom_error_is_tested() {
         "NotRegistered",
         "NothingToWithdraw",
         "OutsideProofWindow",
+        "PeerMismatch",
+        "PeerTaken",
         "Reentrancy",
         "StakeTooLow",
         "StillUnbonding",
@@ -912,6 +1244,7 @@ fn every_custom_error_is_tested() {
         "UnknownDeal",
         "UnknownParent",
         "WrongPayment",
+        "ZeroPeer",
         "ZeroRoot",
     ];
     let source = include_str!("contract.rs");

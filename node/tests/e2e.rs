@@ -218,10 +218,13 @@ fn kill9_during_put_leaves_a_clean_store() {
     let mut node = NodeProc::start(tmp.path(), "");
     const TOTAL: u64 = 2 << 30;
     let url = format!("{}/v1/checkpoints?path=big.bin", node.url);
+    let bearer = format!("Authorization: Bearer {}", node.token());
     let upload = std::thread::spawn(move || {
         let mut child = Command::new("curl")
             .args([
                 "-sS",
+                "-H",
+                &bearer,
                 "-X",
                 "POST",
                 "-H",
@@ -325,6 +328,7 @@ fn bad_input_gets_documented_errors() {
         "[storage]\ncapacity_bytes = 8388608\n[erasure]\nk = 4\nm = 2\nstripe_size = 1048576\n",
     );
     let u = &node.url;
+    let bearer = format!("Authorization: Bearer {}", node.token());
     // A checkpoint that must survive everything below.
     let keep = tmp.path().join("keep.bin");
     std::fs::write(&keep, b"precious bytes").expect("write");
@@ -362,6 +366,8 @@ fn bad_input_gets_documented_errors() {
         (416, Some("range_not_satisfiable"))
     );
     let (code, v) = curl_json(&[
+        "-H",
+        &bearer,
         "-X",
         "POST",
         "--data-binary",
@@ -374,6 +380,8 @@ fn bad_input_gets_documented_errors() {
         "{v}"
     );
     let (code, v) = curl_json(&[
+        "-H",
+        &bearer,
         "-X",
         "POST",
         "-H",
@@ -390,6 +398,8 @@ fn bad_input_gets_documented_errors() {
 
     // A layout that would make the node allocate gigabytes per stripe is refused.
     let (code, v) = curl_json(&[
+        "-H",
+        &bearer,
         "-X",
         "POST",
         "--data-binary",
@@ -408,6 +418,8 @@ fn bad_input_gets_documented_errors() {
     cairn_node::sample::fill_random(&mut 5, &mut data);
     std::fs::write(&big, &data).expect("write");
     let (code, v) = curl_json(&[
+        "-H",
+        &bearer,
         "-X",
         "POST",
         "--data-binary",
@@ -423,7 +435,7 @@ fn bad_input_gets_documented_errors() {
     // Truncated body: promise 4 MiB, send 1 MiB, hang up.
     let addr = u.strip_prefix("http://").expect("http url");
     let mut s = TcpStream::connect(addr).expect("connect");
-    write!(s, "POST /v1/checkpoints?path=cut.bin HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\ncontent-length: 4194304\r\n\r\n").expect("headers");
+    write!(s, "POST /v1/checkpoints?path=cut.bin HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\ncontent-type: application/octet-stream\r\ncontent-length: 4194304\r\n\r\n", node.token()).expect("headers");
     s.write_all(&data[..1 << 20]).expect("body");
     s.shutdown(std::net::Shutdown::Write).expect("half close");
     let mut answer = String::new();
@@ -455,4 +467,98 @@ fn bad_input_gets_documented_errors() {
     ok(node.cli(&["rm", &root]));
     let status = node.json("/v1/status");
     assert_eq!(status["used_bytes"], 0, "{status}");
+}
+
+/// Writes need the node's token (401 with a JSON error without it), reads do not, and a
+/// request naming a foreign Host is refused (403), on every route.
+#[test]
+fn writes_need_the_token_and_foreign_hosts_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = NodeProc::start(tmp.path(), "");
+    let u = &node.url;
+    let file = tmp.path().join("a.bin");
+    std::fs::write(&file, b"some bytes").expect("write");
+    let root = ok(node.cli(&["put", file.to_str().expect("utf-8")]));
+    let data = format!("@{}", file.display());
+    let writes: [(&str, String, &[&str]); 3] = [
+        (
+            "POST",
+            format!("{u}/v1/checkpoints?path=b.bin"),
+            &["--data-binary", &data],
+        ),
+        ("DELETE", format!("{u}/v1/checkpoints/{root}"), &[]),
+        ("POST", format!("{u}/v1/manifests"), &["--data-binary", "x"]),
+    ];
+    for (method, url, extra) in &writes {
+        for header in [None, Some("Authorization: Bearer not-the-token")] {
+            let mut args = vec!["-X", method, url.as_str()];
+            args.extend_from_slice(extra);
+            if let Some(h) = header {
+                args.extend(["-H", h]);
+            }
+            let (code, v) = curl_json(&args);
+            assert_eq!(
+                (code, v["error"]["code"].as_str()),
+                (401, Some("unauthorized")),
+                "{method} {url} with {header:?}: {v}"
+            );
+        }
+    }
+    // Nothing was written or removed.
+    assert_eq!(node.json("/v1/status")["checkpoints"], 1);
+    // Reads need no token.
+    for path in [
+        "/v1/status".to_owned(),
+        "/v1/checkpoints".to_owned(),
+        format!("/v1/checkpoints/{root}"),
+        format!("/v1/checkpoints/{root}/files/a.bin"),
+        format!("/v1/checkpoints/{root}/stat"),
+        "/metrics".to_owned(),
+    ] {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{u}{path}"),
+            ])
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{path}");
+    }
+    // A page on another origin that resolves to this address (DNS rebinding) is refused,
+    // on reads and writes alike; the node's own names are not.
+    for (host, want) in [
+        ("evil.example:7070", 403),
+        ("localhost.evil.example", 403),
+        ("localhost", 200),
+        ("127.0.0.1", 200),
+    ] {
+        let (code, v) = curl_json(&["-H", &format!("Host: {host}"), &format!("{u}/v1/status")]);
+        assert_eq!(code, want, "{host}: {v}");
+        if want == 403 {
+            assert_eq!(v["error"]["code"], "foreign_host", "{v}");
+        }
+    }
+    let (code, _) = curl_json(&[
+        "-H",
+        "Host: evil.example",
+        "-H",
+        &format!("Authorization: Bearer {}", node.token()),
+        "-X",
+        "DELETE",
+        &format!("{u}/v1/checkpoints/{root}"),
+    ]);
+    assert_eq!(code, 403);
+    // With the token, writes work.
+    let (code, v) = curl_json(&[
+        "-H",
+        &format!("Authorization: Bearer {}", node.token()),
+        "-X",
+        "DELETE",
+        &format!("{u}/v1/checkpoints/{root}"),
+    ]);
+    assert_eq!(code, 200, "{v}");
 }

@@ -10,6 +10,11 @@ pragma solidity 0.8.30;
 /// escrow, or an account's unpaid credit (`owed`). `accounted()` returns that sum; it equals
 /// the contract's balance after every transaction. Payments go out only through `withdraw`
 /// and `withdrawUnbonded` (pull, checks-effects-interactions, reentrancy lock).
+///
+/// Membership: a node registers with the keccak256 of its libp2p peer id bytes (the `peer`
+/// word), bound to its account for good, one to one: other nodes check a peer's membership
+/// from its peer id (`memberOfPeer`). A member (`isMember`) is registered with at least
+/// `minStake` bonded.
 contract CairnStorage {
     // ---------------------------------------------------------------- parameters
     /// Format tag of the proof blob and tree rules this contract verifies.
@@ -74,6 +79,10 @@ contract CairnStorage {
     uint256 public dealCount;
     mapping(bytes32 => Record) public records;
     mapping(address => uint256) public owed;
+    /// The peer word an account registered with (zero if it never did); kept after `exit`.
+    mapping(address => bytes32) public peerOf;
+    /// The account a peer word is bound to (zero if none); kept after `exit`.
+    mapping(bytes32 => address) public accountOfPeer;
     mapping(address => mapping(uint256 => uint256)) internal provenBits;
     mapping(address => mapping(uint256 => uint256)) internal slashedBits;
 
@@ -83,7 +92,10 @@ contract CairnStorage {
     uint256 private locked = 1;
 
     // ---------------------------------------------------------------- events
-    event NodeRegistered(address indexed node, uint256 stake);
+    /// Membership changes only with NodeRegistered, StakeAdded, WithdrawalRequested,
+    /// NodeExited and Slashed, each naming the account as its first topic (StakeWithdrawn
+    /// pays out unbonding stake and changes no membership, but names the account too).
+    event NodeRegistered(address indexed node, uint256 stake, bytes32 indexed peer);
     event StakeAdded(address indexed node, uint256 amount);
     event WithdrawalRequested(address indexed node, uint256 amount, uint64 availableEpoch);
     event StakeWithdrawn(address indexed node, uint256 amount);
@@ -110,6 +122,9 @@ contract CairnStorage {
     error BadParameters();
     error StakeTooLow(uint256 given, uint256 minimum);
     error AlreadyRegistered();
+    error ZeroPeer();
+    error PeerMismatch(bytes32 bound);
+    error PeerTaken(address account);
     error NotRegistered();
     error InsufficientStake(uint256 stake);
     error StillUnbonding(uint64 availableEpoch);
@@ -186,14 +201,41 @@ contract CairnStorage {
     }
 
     // ---------------------------------------------------------------- nodes
-    function register() external payable {
+    /// Register the caller with `msg.value` (>= minStake) as stake, as the node whose peer
+    /// word is `peer`: keccak256 of its libp2p PeerId bytes. The first registration binds the
+    /// account and the peer word to each other for good: a later one (after `exit`) must use
+    /// the same word (`PeerMismatch`), and a word bound to another account is refused
+    /// (`PeerTaken`).
+    function register(bytes32 peer) external payable {
         Node storage n = nodes[msg.sender];
         if (n.registered) revert AlreadyRegistered();
         if (msg.value < minStake) revert StakeTooLow(msg.value, minStake);
+        if (peer == bytes32(0)) revert ZeroPeer();
+        bytes32 bound = peerOf[msg.sender];
+        if (bound == bytes32(0)) {
+            address holder = accountOfPeer[peer];
+            if (holder != address(0)) revert PeerTaken(holder);
+            peerOf[msg.sender] = peer;
+            accountOfPeer[peer] = msg.sender;
+        } else if (bound != peer) {
+            revert PeerMismatch(bound);
+        }
         n.registered = true;
         n.stake += msg.value;
         totalStake += msg.value;
-        emit NodeRegistered(msg.sender, msg.value);
+        emit NodeRegistered(msg.sender, msg.value, peer);
+    }
+
+    /// A member: registered, with at least `minStake` bonded (unbonding stake does not count).
+    function isMember(address node) public view returns (bool) {
+        Node storage n = nodes[node];
+        return n.registered && n.stake >= minStake;
+    }
+
+    /// The account bound to a peer word (zero if none) and whether it is a member now.
+    function memberOfPeer(bytes32 peer) external view returns (address account, bool member) {
+        account = accountOfPeer[peer];
+        member = account != address(0) && isMember(account);
     }
 
     function topUp() external payable {

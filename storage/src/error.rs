@@ -72,6 +72,12 @@ pub enum CommitError {
     MissingShard(String),
     #[error("manifest could not be encoded: {0}")]
     Manifest(String),
+    #[error("store full: the manifest needs {needed} more bytes, {used} of {capacity} bytes used")]
+    StoreFull {
+        needed: u64,
+        used: u64,
+        capacity: u64,
+    },
     #[error("shard {0} was stored for this upload but the manifest does not list it")]
     Unlisted(String),
     #[error(transparent)]

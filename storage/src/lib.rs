@@ -16,4 +16,6 @@ pub use backend::{Backend, BatchOp};
 pub use error::{BackendError, CommitError, OpenError, PutError, ReadError, UnpinError};
 pub use mem::MemBackend;
 pub use rocks::{RocksBackend, RocksOptions, ValueMode};
-pub use store::{CheckpointInfo, PutSession, ShardStatus, Store, StoreStats};
+pub use store::{
+    CheckpointInfo, PutSession, ShardStatus, Store, StoreStats, record_charge, shard_charge,
+};

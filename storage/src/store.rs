@@ -27,6 +27,27 @@ const RECORD_VERSION_FLAGS: u8 = 2;
 /// Record flag: this node holds only some of the checkpoint's shards (a cluster member).
 const FLAG_PARTIAL: u8 = 1;
 
+/// Shard files are charged in whole filesystem blocks: a 1-byte shard costs a block.
+const CHARGE_BLOCK: u64 = 4096;
+/// What an index entry, a file's inode and directory entry cost beyond the bytes, charged
+/// per shard and per checkpoint record.
+const ENTRY_OVERHEAD: u64 = 512;
+
+/// Bytes a stored shard counts against capacity: its bytes in whole blocks, its outboard and
+/// the per-entry overhead, so that many tiny shards cost what they really take.
+pub fn shard_charge(len: u64, outboard_len: u64) -> u64 {
+    len.div_ceil(CHARGE_BLOCK) * CHARGE_BLOCK + outboard_len + ENTRY_OVERHEAD
+}
+
+/// Bytes a checkpoint record (its manifest, name and header) counts against capacity.
+pub fn record_charge(record_len: u64) -> u64 {
+    record_len + ENTRY_OVERHEAD
+}
+
+fn ob_charge(ob: &Outboard) -> u64 {
+    shard_charge(ob.len(), ob.encoded_len() as u64)
+}
+
 fn key(prefix: &[u8], cid: &Cid) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&cid.to_bytes());
@@ -121,7 +142,8 @@ pub enum ShardStatus {
 /// Counters and gauges of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Bytes of shards and outboards held.
+    /// Bytes counted against capacity: shards (in whole blocks) with their outboards, and
+    /// checkpoint records, each with a per-entry overhead ([`shard_charge`], [`record_charge`]).
     pub used_bytes: u64,
     pub capacity_bytes: u64,
     pub shards: u64,
@@ -218,7 +240,7 @@ impl<B: Backend> Store<B> {
             }
             match Outboard::from_bytes(v) {
                 Ok(ob) => {
-                    used += ob.len() + ob.encoded_len() as u64;
+                    used += ob_charge(&ob);
                     count += 1;
                 }
                 Err(e) => {
@@ -258,6 +280,10 @@ impl<B: Backend> Store<B> {
                 stray += 1;
             }
         }
+        b.scan(CHECKPOINT, &mut |_, v| {
+            used += record_charge(v.len() as u64);
+            true
+        })?;
         if !orphans.is_empty() || stray > 0 {
             warn!(
                 unreferenced = orphans.len(),
@@ -310,6 +336,12 @@ impl<B: Backend> Store<B> {
         ob.check(&hash)
             .map_err(|e| self.corrupt(cid, e.to_string()))?;
         Ok((hash, ob))
+    }
+
+    /// A stored shard's outboard, checked against its CID (what a peer needs to verify any
+    /// range of it).
+    pub fn shard_outboard(&self, cid: &Cid) -> Result<Outboard, ReadError> {
+        Ok(self.outboard(cid)?.1)
     }
 
     /// Whether the shard's bytes are held (not verified).
@@ -527,6 +559,7 @@ impl<B: Backend> Store<B> {
                 })
             })?;
         let distinct: BTreeSet<Cid> = manifest.shard_cids().copied().collect();
+        let record_len = record.len() as u64;
         let mut batch = vec![BatchOp::Delete(ck)];
         let mut freed = Vec::new();
         for cid in &distinct {
@@ -540,6 +573,9 @@ impl<B: Backend> Store<B> {
             }
         }
         b.write(batch, true)?;
+        self.inner
+            .used
+            .fetch_sub(record_charge(record_len), Ordering::Relaxed);
         let mut removed = 0;
         for cid in &freed {
             if self.collect(cid)? {
@@ -561,7 +597,7 @@ impl<B: Backend> Store<B> {
             }
             return Ok(());
         }
-        let needed = data.len() as u64 + meta.outboard.encoded_len() as u64;
+        let needed = ob_charge(&meta.outboard);
         let before = inner.used.fetch_add(needed, Ordering::Relaxed);
         let refund = || inner.used.fetch_sub(needed, Ordering::Relaxed);
         if before.saturating_add(needed) > inner.capacity {
@@ -620,9 +656,7 @@ impl<B: Backend> Store<B> {
         b.delete_blob(&cid.to_bytes())?;
         drop(pending);
         if let Ok(ob) = Outboard::from_bytes(&ob) {
-            self.inner
-                .used
-                .fetch_sub(ob.len() + ob.encoded_len() as u64, Ordering::Relaxed);
+            self.inner.used.fetch_sub(ob_charge(&ob), Ordering::Relaxed);
         }
         self.inner.shards.fetch_sub(1, Ordering::Relaxed);
         Ok(true)
@@ -773,18 +807,31 @@ impl<B: Backend> PutSession<B> {
                 return Err(CommitError::Unlisted(cid.to_string()));
             }
         }
-        b.sync_blobs()?;
-        let mut batch = Vec::with_capacity(distinct.len() + 1);
-        for cid in &distinct {
-            let rk = key(REFS, cid);
-            let n = b.get(&rk)?.and_then(|v| decode_refs(&v)).unwrap_or(0);
-            batch.push(BatchOp::Put(rk, encode_refs(n + 1)));
+        let record = encode_record(now_unix, name, partial, &bytes);
+        let needed = record_charge(record.len() as u64);
+        let before = inner.used.fetch_add(needed, Ordering::Relaxed);
+        if before.saturating_add(needed) > inner.capacity {
+            inner.used.fetch_sub(needed, Ordering::Relaxed);
+            return Err(CommitError::StoreFull {
+                needed,
+                used: before,
+                capacity: inner.capacity,
+            });
         }
-        batch.push(BatchOp::Put(
-            ck,
-            encode_record(now_unix, name, partial, &bytes),
-        ));
-        b.write(batch, true)?;
+        let written = b.sync_blobs().and_then(|()| {
+            let mut batch = Vec::with_capacity(distinct.len() + 1);
+            for cid in &distinct {
+                let rk = key(REFS, cid);
+                let n = b.get(&rk)?.and_then(|v| decode_refs(&v)).unwrap_or(0);
+                batch.push(BatchOp::Put(rk, encode_refs(n + 1)));
+            }
+            batch.push(BatchOp::Put(ck, record));
+            b.write(batch, true)
+        });
+        if let Err(e) = written {
+            inner.used.fetch_sub(needed, Ordering::Relaxed);
+            return Err(e.into());
+        }
         self.committed = true;
         Ok(root)
     }
@@ -1028,13 +1075,55 @@ mod tests {
     }
 
     #[test]
+    fn tiny_shards_and_manifests_count_against_capacity() {
+        // A 1-byte shard costs a block, its outboard and an entry; a manifest costs its record.
+        assert_eq!(shard_charge(1, 32), CHARGE_BLOCK + 32 + ENTRY_OVERHEAD);
+        assert_eq!(
+            shard_charge(CHARGE_BLOCK + 1, 32),
+            2 * CHARGE_BLOCK + 32 + ENTRY_OVERHEAD
+        );
+        let backend = std::sync::Arc::new(MemBackend::new());
+        let store = Store::open(backend.clone(), 1 << 20).expect("open");
+        let mut s = store.begin_put();
+        let f = put_file(&mut s, "tiny", b"x");
+        let m = Manifest::new(&layout(), vec![f]).expect("m");
+        let shards_only = store.stats().used_bytes;
+        let distinct = m.shard_cids().collect::<BTreeSet<_>>().len() as u64;
+        assert!(
+            shards_only >= distinct * (CHARGE_BLOCK + ENTRY_OVERHEAD),
+            "{shards_only}"
+        );
+        let root = s.commit(&m, "tiny", 1).expect("commit");
+        let with_record = store.stats().used_bytes;
+        assert!(with_record > shards_only + m.encode().expect("enc").len() as u64);
+        // Reopening counts the same; unpinning frees all of it.
+        let reopened = Store::open(backend.clone(), 1 << 20).expect("reopen");
+        assert_eq!(reopened.stats().used_bytes, with_record);
+        store.unpin(&root).expect("unpin");
+        assert_eq!(store.stats().used_bytes, 0);
+        // A manifest that does not fit is refused, and nothing stays counted.
+        let full = Store::open(MemBackend::new(), shards_only + 10).expect("open");
+        let mut s = full.begin_put();
+        let f = put_file(&mut s, "tiny", b"x");
+        let m = Manifest::new(&layout(), vec![f]).expect("m");
+        assert!(matches!(
+            s.commit(&m, "tiny", 1),
+            Err(CommitError::StoreFull { .. })
+        ));
+        assert_eq!(full.stats().used_bytes, 0);
+    }
+
+    #[test]
     fn a_stripe_of_identical_shards_is_stored_once() {
         // All-zero data codes into k + m identical shards: one copy is written, indexed and
         // counted, so a store with room for exactly one copy takes the stripe.
         let layout = layout();
         let enc = encode_stripe(&Coder::new(&layout), &layout, vec![0; 60_000], Vec::new());
         assert!(enc.shards.iter().all(|s| s.cid == enc.shards[0].cid));
-        let one = enc.shard(0).len() as u64 + enc.shards[0].outboard.encoded_len() as u64;
+        let one = shard_charge(
+            enc.shard(0).len() as u64,
+            enc.shards[0].outboard.encoded_len() as u64,
+        );
         let store = Store::open(MemBackend::new(), one).expect("open");
         let shards = enc.shards_with_bytes();
         let mut s = store.begin_put();
@@ -1101,8 +1190,8 @@ mod tests {
         let m = Manifest::new(&layout(), vec![f1]).expect("m");
         let shards = m.shard_cids().collect::<BTreeSet<_>>().len() as u64;
         assert_eq!(store.stats().shards, shards);
-        let used = store.stats().used_bytes;
         let root = s1.commit(&m, "", 1).expect("commit");
+        let used = store.stats().used_bytes;
         drop(s2);
         assert_eq!(
             store.stats().used_bytes,

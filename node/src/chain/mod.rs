@@ -5,6 +5,7 @@
 pub mod deals;
 pub mod prover;
 pub mod publish;
+pub mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +14,9 @@ use alloy::contract::SolCallBuilder;
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, FixedBytes, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::types::TransactionReceipt;
+use alloy::rpc::types::{Filter, TransactionReceipt};
 use alloy::signers::local::PrivateKeySigner;
-use alloy::sol_types::SolCall;
+use alloy::sol_types::{SolCall, SolEvent, SolEventInterface};
 use cairn_erasure::Cid;
 use thiserror::Error;
 
@@ -131,6 +132,12 @@ pub fn root_word(root: &Cid) -> B256 {
 /// The root CID a recorded word stands for (CIDv1, dag-cbor, BLAKE3).
 pub fn word_root(word: &B256) -> Cid {
     cairn_erasure::ids::manifest_cid_from_digest(word.0)
+}
+
+/// The 32 bytes a node's libp2p identity is registered as on chain: keccak256 of
+/// `PeerId::to_bytes()`. The contract binds it to the node's account one to one.
+pub fn peer_word(peer: &libp2p::PeerId) -> B256 {
+    B256::from(crate::net::peer_word(peer))
 }
 
 /// A deal as the contract holds it.
@@ -317,20 +324,116 @@ impl Chain {
         Ok(receipt)
     }
 
-    /// Register with `stake` unless already registered; returns whether it registered now.
-    pub async fn ensure_registered(&self, stake: U256) -> Result<bool, ChainError> {
-        let n = self
+    /// Register with `stake` and the peer word `peer` (see [`peer_word`]) unless already
+    /// registered; returns whether it registered now. An account bound on chain to another
+    /// peer word (registered once with another node identity) is a configuration error,
+    /// registered or not: the contract never rebinds it.
+    pub async fn ensure_registered(&self, stake: U256, peer: B256) -> Result<bool, ChainError> {
+        let bound = self
             .contract
-            .nodes(self.me)
+            .peerOf(self.me)
             .call()
             .await
-            .map_err(|e| from_contract("nodes", e))?;
-        if n.registered {
+            .map_err(|e| from_contract("peerOf", e))?;
+        if bound != B256::ZERO && bound != peer {
+            return Err(ChainError::Config(format!(
+                "account {} is bound to peer word {bound} on chain, not this node's identity \
+                 (peer word {peer}): use the identity key it registered with, or another account",
+                self.me
+            )));
+        }
+        if self.is_registered(self.me).await? {
             return Ok(false);
         }
-        self.send("register", self.contract.register().value(stake))
+        self.send("register", self.contract.register(peer).value(stake))
             .await?;
         Ok(true)
+    }
+
+    /// The distinct accounts whose registry entry (registration, stake, peer binding) may
+    /// have changed in blocks `from_block..=to_block`, in the order of their first event:
+    /// those named by this contract's `NodeRegistered`, `StakeAdded`, `WithdrawalRequested`,
+    /// `StakeWithdrawn`, `NodeExited` and `Slashed` logs (the slashed node, not the
+    /// reporter). One `eth_getLogs`; a caller following the chain splits long ranges to what
+    /// its RPC endpoint accepts. Read each account's state with [`Chain::member_entry`].
+    pub async fn registry_changes(
+        &self,
+        from_block: u64,
+        to_block: u64,
+    ) -> Result<Vec<Address>, ChainError> {
+        use CairnStorage::CairnStorageEvents as Ev;
+        let filter = Filter::new()
+            .address(*self.contract.address())
+            .event_signature(vec![
+                CairnStorage::NodeRegistered::SIGNATURE_HASH,
+                CairnStorage::StakeAdded::SIGNATURE_HASH,
+                CairnStorage::WithdrawalRequested::SIGNATURE_HASH,
+                CairnStorage::StakeWithdrawn::SIGNATURE_HASH,
+                CairnStorage::NodeExited::SIGNATURE_HASH,
+                CairnStorage::Slashed::SIGNATURE_HASH,
+            ])
+            .from_block(from_block)
+            .to_block(to_block);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(rpc("eth_getLogs"))?;
+        let mut seen = std::collections::HashSet::new();
+        let mut accounts = Vec::new();
+        for log in logs {
+            let account = match Ev::decode_log(&log.inner) {
+                Ok(ev) => match ev.data {
+                    Ev::NodeRegistered(e) => e.node,
+                    Ev::StakeAdded(e) => e.node,
+                    Ev::WithdrawalRequested(e) => e.node,
+                    Ev::StakeWithdrawn(e) => e.node,
+                    Ev::NodeExited(e) => e.node,
+                    Ev::Slashed(e) => e.node,
+                    _ => continue,
+                },
+                Err(e) => {
+                    return Err(ChainError::Rpc {
+                        call: "eth_getLogs",
+                        reason: format!("undecodable registry log: {e}"),
+                    });
+                }
+            };
+            if seen.insert(account) {
+                accounts.push(account);
+            }
+        }
+        Ok(accounts)
+    }
+
+    /// `account`'s registry entry as of the latest block: its peer word (zero if it never
+    /// registered) and whether it is a member (registered, bonded stake >= minStake).
+    /// Membership is read first: a peer word, once set, never changes, so a member is never
+    /// reported with a zero word even if a block lands between the two reads.
+    pub async fn member_entry(&self, account: Address) -> Result<(B256, bool), ChainError> {
+        let member = self
+            .contract
+            .isMember(account)
+            .call()
+            .await
+            .map_err(|e| from_contract("isMember", e))?;
+        let peer = self
+            .contract
+            .peerOf(account)
+            .call()
+            .await
+            .map_err(|e| from_contract("peerOf", e))?;
+        Ok((peer, member))
+    }
+
+    /// The block the contract was deployed in (epoch 0 starts there): no registry event is
+    /// older, so a reader of [`Chain::registry_changes`] can start from it.
+    pub async fn genesis_block(&self) -> Result<u64, ChainError> {
+        self.contract
+            .genesisBlock()
+            .call()
+            .await
+            .map_err(|e| from_contract("genesisBlock", e))
     }
 
     /// Record `root` (unless this account already did, with this parent) and propose a deal

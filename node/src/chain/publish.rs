@@ -41,7 +41,7 @@ impl Publisher {
     /// stored already; failures are reported, not fatal.
     pub async fn publish(
         &self,
-        net: Option<&Network>,
+        net: Option<(&Network, &crate::net::Membership)>,
         root: &Cid,
         parent: Option<&Cid>,
         name: &str,
@@ -58,12 +58,14 @@ impl Publisher {
         if let Some(c) = own {
             targets.push((super::ProofChain::me(&self.chain), c));
         }
-        let me = net.map(Network::peer_id);
+        let me = net.map(|(n, _)| n.peer_id());
         for (peer, c) in commitments {
+            // The account the registry binds the peer id to: what a peer claims about itself
+            // is never used to name who gets paid.
             let account = if Some(peer) == me {
                 Some(super::ProofChain::me(&self.chain).to_string())
-            } else if let Some(n) = net {
-                n.account(peer).await
+            } else if let Some((_, m)) = net {
+                m.account(&peer)
             } else {
                 None
             };
@@ -71,7 +73,7 @@ impl Publisher {
                 Some(Ok(a)) => targets.push((a, c)),
                 _ => report
                     .skipped
-                    .push(format!("{peer}: no chain account announced")),
+                    .push(format!("{peer}: no chain account bound to this peer id")),
             }
         }
         // A node that is not registered cannot take a deal (and would fail the batch).

@@ -6,9 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{self, GetProvidersOk, InboundRequest, QueryId, QueryResult, RecordKey};
 use libp2p::metrics::Recorder;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify};
@@ -17,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::metrics::SwarmMetrics;
+use super::membership::Membership;
+use crate::metrics::{ReasonLabels, SwarmMetrics};
 
 /// Kademlia protocol name: a Cairn network is its own DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/kad/1.0.0");
@@ -29,6 +32,19 @@ const BOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most keys one node announces (provider records are kept in memory by libp2p-kad).
 const MAX_PROVIDED_KEYS: usize = 1 << 20;
+/// Most provider records of other peers held. The store's own limit is this plus
+/// [`MAX_PROVIDED_KEYS`], so strangers can never fill the room this node's own
+/// announcements need.
+const MAX_REMOTE_PROVIDER_KEYS: usize = 1 << 20;
+/// Most provider records held for one other peer.
+pub const MAX_REMOTE_KEYS_PER_PEER: usize = 1 << 16;
+/// Concurrent streams one QUIC connection may open to this node (the transport enforces it).
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Established connections per peer.
+const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Connections being set up at once, and established in all.
+const MAX_PENDING_INCOMING: u32 = 128;
+const MAX_ESTABLISHED: u32 = 4096;
 /// Commands waiting for the swarm task.
 const COMMAND_QUEUE: usize = 256;
 
@@ -83,6 +99,7 @@ pub fn load_identity(path: &Path) -> Result<Keypair, NetError> {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     stream: libp2p_stream::Behaviour,
@@ -96,6 +113,22 @@ enum Command {
     Disconnect(PeerId),
     Providers(RecordKey, oneshot::Sender<Vec<PeerId>>),
     Account(PeerId, oneshot::Sender<Option<String>>),
+    Records(oneshot::Sender<RecordStats>),
+}
+
+/// Provider records held for other peers, and those refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordStats {
+    pub remote: usize,
+    pub refused: u64,
+}
+
+/// Accounting of other peers' provider records (the store itself cannot say whose they are).
+#[derive(Default)]
+struct RemoteRecords {
+    per_peer: HashMap<PeerId, usize>,
+    total: usize,
+    refused: u64,
 }
 
 /// Prefix of the chain account a node announces in its identify agent version.
@@ -115,6 +148,8 @@ pub struct NetConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// This node's chain account, announced to peers (deals name it).
     pub account: Option<String>,
+    /// Who may announce provider records here.
+    pub membership: Membership,
 }
 
 impl Network {
@@ -132,7 +167,7 @@ impl Network {
                 // Bulk transfer: windows large enough to keep a loopback or LAN link busy.
                 c.max_stream_data = 16 << 20;
                 c.max_connection_data = 64 << 20;
-                c.max_concurrent_stream_limit = 1024;
+                c.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
                 c.handshake_timeout = Duration::from_secs(3);
                 c.max_idle_timeout = 10_000;
                 c
@@ -141,10 +176,13 @@ impl Network {
                 let id = key.public().to_peer_id();
                 let mut kcfg = kad::Config::new(KAD_PROTOCOL);
                 kcfg.set_query_timeout(QUERY_TIMEOUT);
+                // Inbound provider and value records come to the swarm task, which stores
+                // provider records of members only and never stores values.
+                kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
                 let store = kad::store::MemoryStore::with_config(
                     id,
                     kad::store::MemoryStoreConfig {
-                        max_provided_keys: MAX_PROVIDED_KEYS,
+                        max_provided_keys: MAX_PROVIDED_KEYS + MAX_REMOTE_PROVIDER_KEYS,
                         max_records: 1024,
                         ..Default::default()
                     },
@@ -164,7 +202,14 @@ impl Network {
                         ),
                     ),
                 );
+                let limits = connection_limits::Behaviour::new(
+                    ConnectionLimits::default()
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established(Some(MAX_ESTABLISHED)),
+                );
                 Behaviour {
+                    limits,
                     kad,
                     identify,
                     stream: libp2p_stream::Behaviour::new(),
@@ -186,7 +231,7 @@ impl Network {
         }
         let streams = swarm.behaviour().stream.new_control();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let task = tokio::spawn(run(swarm, rx, metrics, cancel));
+        let task = tokio::spawn(run(swarm, rx, metrics, cfg.membership, cancel));
         Ok((
             Network {
                 peer_id,
@@ -245,6 +290,11 @@ impl Network {
         self.ask(|tx| Command::Account(peer, tx)).await.flatten()
     }
 
+    /// Provider records held for other peers, and those refused so far.
+    pub async fn record_stats(&self) -> RecordStats {
+        self.ask(Command::Records).await.unwrap_or_default()
+    }
+
     /// Nodes that announced `key`.
     pub async fn providers(&self, key: &[u8]) -> Vec<PeerId> {
         self.ask(|tx| Command::Providers(RecordKey::new(&key), tx))
@@ -266,8 +316,10 @@ async fn run(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
     metrics: SwarmMetrics,
+    membership: Membership,
     cancel: CancellationToken,
 ) {
+    let mut remote = RemoteRecords::default();
     let mut lookups: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)> =
         HashMap::new();
     let mut accounts: HashMap<PeerId, String> = HashMap::new();
@@ -282,7 +334,7 @@ async fn run(
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle_command(&mut swarm, cmd, &mut lookups, &accounts);
+                handle_command(&mut swarm, cmd, &mut lookups, &accounts, &remote);
             }
             event = swarm.select_next_some() => {
                 record(&metrics, &event);
@@ -290,6 +342,12 @@ async fn run(
                     event,
                     SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { .. }))
                 );
+                if let SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                    request: InboundRequest::AddProvider { record: Some(record) },
+                })) = &event
+                {
+                    store_provider(&mut swarm, record.clone(), &membership, &mut remote, &metrics);
+                }
                 handle_event(&mut swarm, event, &mut lookups, &mut accounts);
                 // Join as soon as the first peer is known: the walk towards our own key makes
                 // the rest of the network learn this node (and its current address).
@@ -298,10 +356,71 @@ async fn run(
                 }
                 metrics.connected_peers.set(i64::try_from(swarm.connected_peers().count()).unwrap_or(i64::MAX));
                 metrics.routing_table_peers.set(i64::try_from(routing_table_len(&mut swarm)).unwrap_or(i64::MAX));
+                if identified {
+                    let members = swarm
+                        .behaviour_mut()
+                        .kad
+                        .kbuckets()
+                        .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                        .filter(|p| membership.is_member(p))
+                        .count();
+                    metrics.members.set(i64::try_from(members).unwrap_or(i64::MAX));
+                }
             }
         }
     }
     debug!("swarm task stopped");
+}
+
+/// Store a provider record a peer sent, if the peer is a member within its share.
+fn store_provider(
+    swarm: &mut Swarm<Behaviour>,
+    record: kad::ProviderRecord,
+    membership: &Membership,
+    remote: &mut RemoteRecords,
+    metrics: &SwarmMetrics,
+) {
+    let provider = record.provider;
+    let refuse = |remote: &mut RemoteRecords, reason: &'static str| {
+        remote.refused += 1;
+        metrics
+            .provider_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        debug!(%provider, reason, "provider record refused");
+    };
+    if !membership.is_member(&provider) {
+        return refuse(remote, "not_member");
+    }
+    let store = swarm.behaviour_mut().kad.store_mut();
+    // A record the peer already holds here is refreshed in place and costs nothing more.
+    let renewal = store
+        .providers(&record.key)
+        .iter()
+        .any(|p| p.provider == provider);
+    if !renewal {
+        let held = remote.per_peer.get(&provider).copied().unwrap_or(0);
+        if held >= MAX_REMOTE_KEYS_PER_PEER {
+            return refuse(remote, "peer_cap");
+        }
+        if remote.total >= MAX_REMOTE_PROVIDER_KEYS {
+            return refuse(remote, "remote_cap");
+        }
+    }
+    match store.add_provider(record) {
+        Ok(()) if !renewal => {
+            *remote.per_peer.entry(provider).or_default() += 1;
+            remote.total += 1;
+            metrics
+                .remote_provider_records
+                .set(i64::try_from(remote.total).unwrap_or(i64::MAX));
+        }
+        Ok(()) => {}
+        Err(e) => {
+            warn!(%provider, error = %e, "cannot store a provider record");
+            refuse(remote, "store");
+        }
+    }
 }
 
 fn record(metrics: &SwarmMetrics, event: &SwarmEvent<BehaviourEvent>) {
@@ -318,8 +437,15 @@ fn handle_command(
     cmd: Command,
     lookups: &mut HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     accounts: &HashMap<PeerId, String>,
+    remote: &RemoteRecords,
 ) {
     match cmd {
+        Command::Records(tx) => {
+            let _ = tx.send(RecordStats {
+                remote: remote.total,
+                refused: remote.refused,
+            });
+        }
         Command::Account(peer, tx) => {
             let _ = tx.send(accounts.get(&peer).cloned());
         }

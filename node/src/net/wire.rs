@@ -11,8 +11,14 @@
 //! - 1 `PutShard {upload: [u8; 16], cid, len: u64}` + `len` shard bytes -> `Ok` once stored.
 //! - 2 `GetShard {cid, start: u64, end: u64}` -> `Ok` + `ShardHeader` body + bytes `[a, b)`:
 //!   the 16 KiB groups covering `[start, end)` (`end = u64::MAX`: to the end).
-//! - 3 `Commit {upload, name, manifest len: u32}` + manifest -> `Ok` once pinned.
+//! - 3 `Commit {upload, name, manifest len: u32, shards: u32, shards digest: [u8; 32]}` +
+//!   manifest -> `Ok` once pinned. `shards` and the digest ([`shards_digest`]) name the
+//!   distinct shards the gateway placed on this node; the node refuses a commit that does not
+//!   match what its session from that gateway holds.
 //! - 4 `Abort {upload}` -> `Ok`; the upload's shards are dropped.
+//!
+//! Uploads belong to the peer that opened them: `PutShard`, `Commit` and `Abort` of an upload
+//! are answered only for the peer whose first `PutShard` created it.
 //! - 5 `GetManifest {root}` -> `Ok` + `[len: u32]` body + manifest bytes.
 //!
 //! Responses: kind 0 `Ok`, else an error kind with a utf-8 message as body.
@@ -22,7 +28,7 @@ use cairn_erasure::manifest::MAX_MANIFEST_LEN;
 use thiserror::Error;
 
 /// The protocol version this node speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest frame body (headers, messages, outboards of shards up to [`MAX_SHARD_LEN`]).
 pub const MAX_BODY: u32 = 1 << 20;
 /// Largest shard accepted on the wire: a 256 MiB stripe memory cap with k = 1.
@@ -50,6 +56,10 @@ pub enum Request {
         upload: UploadId,
         name: String,
         manifest_len: u32,
+        /// Distinct shards placed on the receiving node.
+        shards: u32,
+        /// [`shards_digest`] of those shards.
+        digest: [u8; 32],
     },
     Abort {
         upload: UploadId,
@@ -72,6 +82,10 @@ pub enum Status {
     UnknownUpload,
     Busy,
     Internal,
+    /// The peer may not do this (not a member, or not the upload's owner).
+    Forbidden,
+    /// The peer is over one of its limits (pending bytes, sessions, streams).
+    OverQuota,
 }
 
 impl Status {
@@ -85,6 +99,8 @@ impl Status {
             Status::UnknownUpload => 5,
             Status::Busy => 6,
             Status::Internal => 7,
+            Status::Forbidden => 8,
+            Status::OverQuota => 9,
         }
     }
 
@@ -98,6 +114,8 @@ impl Status {
             5 => Status::UnknownUpload,
             6 => Status::Busy,
             7 => Status::Internal,
+            8 => Status::Forbidden,
+            9 => Status::OverQuota,
             _ => return None,
         })
     }
@@ -197,6 +215,9 @@ impl<'a> Reader<'a> {
     fn upload(&mut self) -> Result<UploadId, WireError> {
         Ok(self.take(16, "upload id")?.try_into().expect("16 bytes"))
     }
+    fn digest(&mut self) -> Result<[u8; 32], WireError> {
+        Ok(self.take(32, "digest")?.try_into().expect("32 bytes"))
+    }
     fn cid(&mut self) -> Result<Cid, WireError> {
         let n = usize::from(self.u8("cid length")?);
         let b = self.take(n, "cid")?;
@@ -259,10 +280,14 @@ impl Request {
                 upload,
                 name,
                 manifest_len,
+                shards,
+                digest,
             } => {
                 b.extend_from_slice(upload);
                 put_string(&mut b, name);
                 b.extend_from_slice(&manifest_len.to_le_bytes());
+                b.extend_from_slice(&shards.to_le_bytes());
+                b.extend_from_slice(digest);
             }
             Request::Abort { upload } => b.extend_from_slice(upload),
             Request::GetManifest { root } => put_cid(&mut b, root),
@@ -307,10 +332,14 @@ impl Request {
                         max: MAX_MANIFEST_LEN as u64,
                     });
                 }
+                let shards = r.u32("shard count")?;
+                let digest = r.digest()?;
                 Request::Commit {
                     upload,
                     name,
                     manifest_len,
+                    shards,
+                    digest,
                 }
             }
             4 => Request::Abort {
@@ -322,6 +351,24 @@ impl Request {
         r.done()?;
         Ok(req)
     }
+}
+
+/// Domain tag of [`shards_digest`].
+const SHARDS_DIGEST_TAG: &[u8] = b"cairn-commit-shards-v1";
+
+/// The digest a `Commit` names its shards by: BLAKE3 over a tag and the distinct shard CIDs'
+/// bytes in sorted order (so gateway and node compute it the same way from their own sets).
+pub fn shards_digest<'a>(shards: impl IntoIterator<Item = &'a Cid>) -> [u8; 32] {
+    let mut v: Vec<Vec<u8>> = shards.into_iter().map(Cid::to_bytes).collect();
+    v.sort();
+    v.dedup();
+    let mut h = blake3::Hasher::new();
+    h.update(SHARDS_DIGEST_TAG);
+    for b in &v {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    }
+    *h.finalize().as_bytes()
 }
 
 /// A response frame: the status and its body (an error message, or the answer's header).
@@ -444,13 +491,22 @@ mod tests {
                 start: a.min(b),
                 end: a.max(b)
             }),
-            (up, ".{0,40}", 0..=MAX_MANIFEST_LEN as u32).prop_map(
-                |(upload, name, manifest_len)| Request::Commit {
-                    upload,
-                    name,
-                    manifest_len
-                }
-            ),
+            (
+                up,
+                ".{0,40}",
+                0..=MAX_MANIFEST_LEN as u32,
+                any::<u32>(),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(upload, name, manifest_len, shards, digest)| {
+                    Request::Commit {
+                        upload,
+                        name,
+                        manifest_len,
+                        shards,
+                        digest,
+                    }
+                }),
             up.prop_map(|upload| Request::Abort { upload }),
             any::<u8>().prop_map(|c| Request::GetManifest { root: cid_of(c) }),
         ]

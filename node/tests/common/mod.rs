@@ -39,24 +39,28 @@ impl NodeProc {
     }
 
     /// Start a node of a cluster: it joins through `bootstrap` (p2p multiaddrs), with extra
-    /// TOML and environment.
+    /// TOML and environment; `members` are the network's members (peer ids).
     pub fn start_member(
         dir: &Path,
         bootstrap: &[String],
         extra: &str,
         env: &[(&str, &str)],
+        members: &[String],
     ) -> NodeProc {
         let data_dir = dir.join("node");
         let config = dir.join("node.toml");
         std::fs::create_dir_all(dir).expect("node dir");
         let peers: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
+        let members: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
         std::fs::write(
             &config,
             format!(
                 "[node]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n{extra}\n\
-                 [network]\nlisten = \"/ip4/127.0.0.1/udp/0/quic-v1\"\nbootstrap = [{}]\n",
+                 [network]\nlisten = \"/ip4/127.0.0.1/udp/0/quic-v1\"\nbootstrap = [{}]\n\
+                 members = [{}]\n",
                 data_dir.display().to_string(),
-                peers.join(", ")
+                peers.join(", "),
+                members.join(", ")
             ),
         )
         .expect("write config");
@@ -77,6 +81,22 @@ impl NodeProc {
             s["p2p_listen"][0].as_str().expect("address"),
             s["peer_id"].as_str().expect("peer id")
         )
+    }
+
+    /// The node's API token (generated into its data directory at first start).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("api.token"))
+            .expect("the node wrote its api token")
+            .trim()
+            .to_owned()
+    }
+
+    /// `-H` and value for curl to send the node's token.
+    pub fn auth(&self) -> [String; 2] {
+        [
+            "-H".to_owned(),
+            format!("Authorization: Bearer {}", self.token()),
+        ]
     }
 
     fn spawn(config: PathBuf, data_dir: PathBuf, env: Vec<(String, String)>) -> NodeProc {
@@ -116,6 +136,15 @@ impl NodeProc {
         Self::spawn(config, data_dir, env)
     }
 
+    /// Restart with the same config and data and this environment instead of the old one.
+    pub fn restart_with_env(mut self, env: &[(&str, &str)]) -> NodeProc {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.restart()
+    }
+
     /// SIGTERM and wait for exit.
     pub fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -146,6 +175,7 @@ impl NodeProc {
             .arg("--quiet")
             .args(args)
             .env("RUST_LOG", "warn")
+            .env("CAIRN_API_TOKEN", self.token())
             .output()
             .expect("run cairn cli")
     }
@@ -213,23 +243,55 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
+/// Create the identity of the node whose directory is `dir` (laid out as
+/// [`NodeProc::start_member`] does) before it starts; returns its peer id.
+pub fn make_identity(dir: &Path) -> String {
+    let key = cairn_node::net::load_identity(&dir.join("node").join("identity.key"))
+        .expect("create identity");
+    key.public().to_peer_id().to_string()
+}
+
 /// `n` member nodes, each joining through every node started before it, with extra TOML and
-/// per-node environment; waits until every node sees every other.
+/// per-node environment; the members are exactly these nodes. Waits until every node sees
+/// every other as a member.
 pub fn cluster(
     dir: &Path,
     n: usize,
     extra: &str,
     env_of: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
 ) -> Vec<NodeProc> {
+    cluster_with(dir, n, extra, env_of, &[])
+}
+
+/// [`cluster`], with `more_members` (peer ids of scripted peers) also listed as members.
+pub fn cluster_with(
+    dir: &Path,
+    n: usize,
+    extra: &str,
+    env_of: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+    more_members: &[String],
+) -> Vec<NodeProc> {
+    let mut members: Vec<String> = (0..n)
+        .map(|i| make_identity(&dir.join(format!("n{i}"))))
+        .collect();
+    members.extend(more_members.iter().cloned());
     let mut nodes: Vec<NodeProc> = Vec::new();
     let mut addrs = Vec::new();
     for i in 0..n {
-        let node = NodeProc::start_member(&dir.join(format!("n{i}")), &addrs, extra, &env_of(i));
+        let node = NodeProc::start_member(
+            &dir.join(format!("n{i}")),
+            &addrs,
+            extra,
+            &env_of(i),
+            &members,
+        );
         addrs.push(node.p2p_addr());
         nodes.push(node);
     }
     for node in &nodes {
-        node.wait_status(60, |s| s["peers"].as_u64() == Some(n as u64 - 1));
+        node.wait_status(60, |s| {
+            s["peers"].as_u64() >= Some(n as u64 - 1) && s["members"].as_u64() >= Some(n as u64 - 1)
+        });
     }
     nodes
 }

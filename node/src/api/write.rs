@@ -1,0 +1,254 @@
+//! Writes: uploads, manifest imports and unpins.
+
+use super::*;
+/// Query of an upload.
+#[derive(Debug, Deserialize)]
+pub struct PutQuery {
+    /// File name for a single-file upload (required unless the body is a tar archive).
+    path: Option<String>,
+    /// Human name recorded with the pin.
+    name: Option<String>,
+    k: Option<u8>,
+    m: Option<u8>,
+    stripe_size: Option<u64>,
+    /// Root CID of the checkpoint this one derives from (recorded on chain).
+    parent: Option<String>,
+}
+
+/// Answer to a successful upload.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PutAnswer {
+    pub root: String,
+    pub files: usize,
+    pub size: u64,
+    pub stripes: u64,
+    pub shards: u64,
+    /// Provenance record and deals, when the node is on a chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<crate::chain::publish::ChainReport>,
+}
+
+pub(super) async fn put_checkpoint<B: Backend>(
+    _: auth::Writer,
+    State(s): State<AppState<B>>,
+    Query(q): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PutAnswer>, ApiError> {
+    let d = s.default_layout;
+    let layout = Layout::new(
+        q.k.unwrap_or(u8::try_from(d.k()).expect("k <= 64")),
+        q.m.unwrap_or(u8::try_from(d.m()).expect("m <= 64")),
+        q.stripe_size.unwrap_or(d.stripe_size()),
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_params", e.to_string()))?;
+    let stripe_memory = layout.max_shard_len() * layout.total() as u64;
+    if stripe_memory > MAX_STRIPE_MEMORY {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_params",
+            format!(
+                "k={}, m={}, stripe_size={} needs {stripe_memory} bytes per stripe in memory; \
+                 at most {MAX_STRIPE_MEMORY} are allowed",
+                layout.k(),
+                layout.m(),
+                layout.stripe_size()
+            ),
+        ));
+    }
+    let parent = match &q.parent {
+        Some(p) => Some(root_of(p)?),
+        None => None,
+    };
+    let is_tar = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-tar"));
+    let path = match (&q.path, is_tar) {
+        (_, true) => None,
+        (Some(p), false) => Some(p.clone()),
+        (None, false) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_params",
+                "a single-file upload needs ?path=<file name>; send a folder as application/x-tar",
+            ));
+        }
+    };
+    let name = q
+        .name
+        .clone()
+        .or_else(|| q.path.clone())
+        .unwrap_or_default();
+    let permit = Arc::clone(&s.put_permits)
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("node is shutting down"))?;
+    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout(CLIENT_IDLE_TIMEOUT, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no upload data for {} s", CLIENT_IDLE_TIMEOUT.as_secs()),
+                )),
+                None,
+            )),
+        }
+    });
+    let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
+    let store = s.store.clone();
+    let started = Instant::now();
+    let cluster = match &s.cluster {
+        Some(c) if c.is_clustered().await => Some(c.clone()),
+        _ => None,
+    };
+    let rt = tokio::runtime::Handle::current();
+    let plan = s.publisher.is_some();
+    let (root, manifest, commitments) = blocking(move || {
+        let _permit = permit;
+        let upload = match path {
+            Some(path) => Upload::File { path, reader },
+            None => Upload::Tar(reader),
+        };
+        let mut stored = 0u64;
+        let mut next_log = 1u64 << 30;
+        let progress = std::cell::RefCell::new((&mut stored, &mut next_log));
+        let report = |n: u64| {
+            let mut p = progress.borrow_mut();
+            *p.0 += n;
+            if *p.0 >= *p.1 {
+                tracing::info!(stored_bytes = *p.0, "upload in progress");
+                *p.1 += 1 << 30;
+            }
+        };
+        let mut planner = crate::chain::deals::DealPlanner::default();
+        Ok(match cluster {
+            Some(c) => c.put(
+                &rt,
+                layout,
+                upload,
+                &name,
+                &report,
+                plan.then_some(&mut planner),
+            )?,
+            None => {
+                let (root, manifest) = ingest(&store, layout, upload, &name, &report)?;
+                (root, manifest, Default::default())
+            }
+        })
+    })
+    .await?;
+    let chain = match &s.publisher {
+        Some(p) => {
+            // A single node holds every shard itself: its commitment comes from its store.
+            let own = if commitments.is_empty() {
+                let (store, m) = (s.store.clone(), manifest.clone());
+                blocking(move || {
+                    crate::chain::deals::held_data(&store, &root, &m)
+                        .map(|h| h.commitment())
+                        .map_err(|e| ApiError::internal(e.to_string()))
+                })
+                .await
+                .map(Some)
+                .map_err(|e| e.message)
+            } else {
+                Ok(None)
+            };
+            let net = s.cluster.as_ref().map(|c| (&c.net, &c.membership));
+            let name = q
+                .name
+                .clone()
+                .or_else(|| q.path.clone())
+                .unwrap_or_default();
+            Some(
+                p.publish(net, &root, parent.as_ref(), &name, commitments, own)
+                    .await,
+            )
+        }
+        None => None,
+    };
+    let size = manifest.total_size();
+    s.metrics.http.put_bytes.inc_by(size);
+    let stripes: u64 = manifest.files.iter().map(|f| f.stripes.len() as u64).sum();
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(%root, size, stripes, secs, "checkpoint stored");
+    Ok(Json(PutAnswer {
+        root: root.to_string(),
+        files: manifest.files.len(),
+        size,
+        stripes,
+        shards: stripes * layout.total() as u64,
+        chain,
+    }))
+}
+
+pub(super) async fn import_manifest<B: Backend>(
+    _: auth::Writer,
+    State(s): State<AppState<B>>,
+    body: Bytes,
+) -> Result<Json<PutAnswer>, ApiError> {
+    let manifest = Manifest::decode(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_manifest", e.to_string()))?;
+    let store = s.store.clone();
+    blocking(move || {
+        let mut session = store.begin_put();
+        let mut missing = Vec::new();
+        for cid in manifest.shard_cids() {
+            if !session
+                .claim(cid)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+            {
+                missing.push(cid.to_string());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_shards",
+                format!(
+                    "{} shards of this manifest are not stored here, e.g. {}",
+                    missing.len(),
+                    missing[0]
+                ),
+            ));
+        }
+        let root = session
+            .commit(&manifest, "imported", 0)
+            .map_err(|e: CommitError| ApiError::internal(e.to_string()))?;
+        let stripes: u64 = manifest.files.iter().map(|f| f.stripes.len() as u64).sum();
+        Ok(Json(PutAnswer {
+            root: root.to_string(),
+            files: manifest.files.len(),
+            size: manifest.total_size(),
+            stripes,
+            shards: manifest.shard_cids().count() as u64,
+            chain: None,
+        }))
+    })
+    .await
+}
+
+pub(super) async fn unpin<B: Backend>(
+    _: auth::Writer,
+    State(s): State<AppState<B>>,
+    Path(cid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let root = root_of(&cid)?;
+    let store = s.store.clone();
+    let freed = blocking(move || {
+        store.unpin(&root).map_err(|e| match e {
+            UnpinError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            e => ApiError::internal(e.to_string()),
+        })
+    })
+    .await?;
+    Ok(Json(
+        json!({"root": root.to_string(), "freed_shards": freed}),
+    ))
+}
