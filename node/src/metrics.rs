@@ -45,7 +45,6 @@ pub struct ReasonLabels {
 /// Reasons a shard request is refused, each a series from the start.
 pub const SHARD_REFUSALS: &[&str] = &[
     "not_member",
-    "not_owner",
     "unknown_upload",
     "commit_mismatch",
     "stream_limit",
