@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_CONCURRENT_PUTS: usize = 2;
 pub const DEFAULT_PEER_PENDING_BYTES: u64 = 32 << 30;
 /// Default uploads one gateway may have open on this node at once.
 pub const DEFAULT_MAX_UPLOADS_PER_PEER: usize = 8;
+/// Default time a share pushed by another gateway may stay without a deal (with a chain).
+pub const DEFAULT_UNPAID_GRACE_SECS: u64 = 24 * 3600;
 /// Environment variable that overrides `node.api_token`.
 pub const API_TOKEN_ENV: &str = "CAIRN_API_TOKEN";
 
@@ -71,6 +73,9 @@ pub struct StorageSection {
     pub peer_pending_bytes: u64,
     /// Uploads one gateway may have open here at once.
     pub max_uploads_per_peer: usize,
+    /// With a chain: seconds a share another gateway pushed here is kept without a deal this
+    /// node was offered or accepted; then it is freed (unless kept through this node's API).
+    pub unpaid_grace_secs: u64,
 }
 
 /// `[erasure]`: defaults for uploads that do not choose their own.
@@ -206,6 +211,7 @@ impl Default for StorageSection {
             max_concurrent_puts: DEFAULT_MAX_CONCURRENT_PUTS,
             peer_pending_bytes: DEFAULT_PEER_PENDING_BYTES,
             max_uploads_per_peer: DEFAULT_MAX_UPLOADS_PER_PEER,
+            unpaid_grace_secs: DEFAULT_UNPAID_GRACE_SECS,
         }
     }
 }

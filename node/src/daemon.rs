@@ -193,6 +193,13 @@ impl Node {
                 let watcher =
                     crate::chain::prover::Watcher::new(c.clone(), metrics.proofs.clone()).await?;
                 tasks.spawn(watcher.run(poll, cancel.clone()));
+                let sweeper = crate::chain::unpaid::UnpaidSweeper {
+                    chain: c.clone(),
+                    store: store.clone(),
+                    grace: std::time::Duration::from_secs(config.storage.unpaid_grace_secs),
+                    metrics: metrics.proofs.clone(),
+                };
+                tasks.spawn(sweeper.run(cancel.clone()));
                 Some(crate::chain::publish::Publisher {
                     chain: c,
                     deal_epochs: config.chain.deal_epochs,

@@ -191,6 +191,8 @@ pub struct ProofMetrics {
     pub submit_errors: Counter,
     /// Missed epochs of other nodes this node reported.
     pub reported: Counter,
+    /// Shares pushed here that no deal paid for, freed after their grace time.
+    pub unpaid_freed: Counter,
     /// This node's chain account balance, in gwei (pays for proof transactions).
     pub balance_gwei: Gauge,
 }
@@ -449,6 +451,11 @@ impl Metrics {
                 "proof_missed_reported",
                 "Missed epochs of other nodes reported by this node",
                 &proofs.reported,
+            ),
+            (
+                "unpaid_shares_freed",
+                "Shares pushed here that no deal paid for, freed after their grace time",
+                &proofs.unpaid_freed,
             ),
         ] {
             reg.register(name, help, m.clone());

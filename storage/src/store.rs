@@ -26,6 +26,9 @@ const RECORD_VERSION: u8 = 1;
 const RECORD_VERSION_FLAGS: u8 = 2;
 /// Record flag: this node holds only some of the checkpoint's shards (a cluster member).
 const FLAG_PARTIAL: u8 = 1;
+/// Record flag: this node's operator keeps this share (it came through the node's own API),
+/// paid for or not. Complete records are always kept.
+const FLAG_KEPT: u8 = 2;
 
 /// Shard files are charged in whole filesystem blocks: a 1-byte shard costs a block.
 const CHARGE_BLOCK: u64 = 4096;
@@ -59,16 +62,17 @@ struct Record<'a> {
     created: u64,
     name: String,
     partial: bool,
+    kept: bool,
     manifest: &'a [u8],
 }
 
 /// `[2][flags: u8][created: u64 LE unix seconds][name len: u16 LE][name: utf-8][manifest:
 /// dag-cbor]`. Version 1 records (no flags byte, always complete) are still read.
-fn encode_record(created: u64, name: &str, partial: bool, manifest: &[u8]) -> Vec<u8> {
+fn encode_record(created: u64, name: &str, partial: bool, kept: bool, manifest: &[u8]) -> Vec<u8> {
     let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
     let mut out = Vec::with_capacity(12 + name.len() + manifest.len());
     out.push(RECORD_VERSION_FLAGS);
-    out.push(if partial { FLAG_PARTIAL } else { 0 });
+    out.push(if partial { FLAG_PARTIAL } else { 0 } | if kept { FLAG_KEPT } else { 0 });
     out.extend_from_slice(&created.to_le_bytes());
     out.extend_from_slice(&(name.len() as u16).to_le_bytes());
     out.extend_from_slice(name);
@@ -86,7 +90,7 @@ fn decode_record(bytes: &[u8]) -> Result<Record<'_>, String> {
         }
         _ => return Err(format!("unknown record version {v}")),
     };
-    if flags & !FLAG_PARTIAL != 0 {
+    if flags & !(FLAG_PARTIAL | FLAG_KEPT) != 0 {
         return Err(format!("unknown record flags {flags:#04x}"));
     }
     let (created, rest) = rest.split_first_chunk::<8>().ok_or("truncated record")?;
@@ -101,6 +105,7 @@ fn decode_record(bytes: &[u8]) -> Result<Record<'_>, String> {
         created: u64::from_le_bytes(*created),
         name,
         partial: flags & FLAG_PARTIAL != 0,
+        kept: flags & FLAG_PARTIAL == 0 || flags & FLAG_KEPT != 0,
         manifest,
     })
 }
@@ -129,6 +134,9 @@ pub struct CheckpointInfo {
     pub size: u64,
     /// False when this node holds only its share of the shards (cluster placement).
     pub complete: bool,
+    /// Kept by this node's operator (put or pinned through its own API), whether or not a
+    /// deal pays for it. A share pushed here by another gateway is not, until kept.
+    pub kept: bool,
 }
 
 /// What a verified read of one shard found.
@@ -518,6 +526,7 @@ impl<B: Backend> Store<B> {
                     files: m.files.len(),
                     size: m.total_size(),
                     complete: !r.partial,
+                    kept: r.kept,
                 }),
                 Err(e) => {
                     // Listed as a broken entry rather than hiding it.
@@ -529,6 +538,7 @@ impl<B: Backend> Store<B> {
                         files: 0,
                         size: 0,
                         complete: false,
+                        kept: true,
                     });
                 }
             }
@@ -538,6 +548,23 @@ impl<B: Backend> Store<B> {
             return Err(ReadError::Backend(BackendError::Rocks(reason)));
         }
         Ok(out)
+    }
+
+    /// Mark a pinned checkpoint as kept by this node's operator (never freed for want of a
+    /// deal). Returns whether it was kept already.
+    pub fn keep(&self, root: &Cid) -> Result<bool, ReadError> {
+        let _guard = lock(&self.inner.commit);
+        let b = &self.inner.backend;
+        let ck = key(CHECKPOINT, root);
+        let record = b.get(&ck)?.ok_or(ReadError::NotFound(root.to_string()))?;
+        let r = decode_record(&record).map_err(|e| self.corrupt(root, e))?;
+        if r.kept {
+            return Ok(true);
+        }
+        let kept = encode_record(r.created, &r.name, r.partial, true, r.manifest);
+        debug_assert_eq!(kept.len(), record.len(), "a flag changes no length");
+        b.write(vec![BatchOp::Put(ck, kept)], true)?;
+        Ok(false)
     }
 
     /// Unpin a checkpoint and free every shard no other pinned checkpoint references.
@@ -760,7 +787,7 @@ impl<B: Backend> PutSession<B> {
         name: &str,
         now_unix: u64,
     ) -> Result<Cid, CommitError> {
-        self.commit_inner(manifest, name, now_unix, false)
+        self.commit_inner(manifest, name, now_unix, false, true)
     }
 
     /// Commit this node's share of a checkpoint placed across a cluster: the manifest is
@@ -772,7 +799,18 @@ impl<B: Backend> PutSession<B> {
         name: &str,
         now_unix: u64,
     ) -> Result<Cid, CommitError> {
-        self.commit_inner(manifest, name, now_unix, true)
+        self.commit_inner(manifest, name, now_unix, true, true)
+    }
+
+    /// [`Self::commit_partial`] for a share another gateway pushed here: not kept by this
+    /// node's operator (with a chain it is freed after a grace time unless a deal covers it).
+    pub fn commit_received(
+        self,
+        manifest: &Manifest,
+        name: &str,
+        now_unix: u64,
+    ) -> Result<Cid, CommitError> {
+        self.commit_inner(manifest, name, now_unix, true, false)
     }
 
     fn commit_inner(
@@ -781,6 +819,7 @@ impl<B: Backend> PutSession<B> {
         name: &str,
         now_unix: u64,
         partial: bool,
+        kept: bool,
     ) -> Result<Cid, CommitError> {
         let (bytes, root) = manifest
             .encode_with_cid()
@@ -789,7 +828,15 @@ impl<B: Backend> PutSession<B> {
         let _guard = lock(&inner.commit);
         let b = &inner.backend;
         let ck = key(CHECKPOINT, &root);
-        if b.get(&ck)?.is_some() {
+        if let Some(existing) = b.get(&ck)? {
+            // Pinned already; an operator's put of a share received earlier keeps it.
+            if kept
+                && let Ok(r) = decode_record(&existing)
+                && !r.kept
+            {
+                let record = encode_record(r.created, &r.name, r.partial, true, r.manifest);
+                b.write(vec![BatchOp::Put(ck, record)], true)?;
+            }
             self.committed = true;
             return Ok(root);
         }
@@ -807,7 +854,7 @@ impl<B: Backend> PutSession<B> {
                 return Err(CommitError::Unlisted(cid.to_string()));
             }
         }
-        let record = encode_record(now_unix, name, partial, &bytes);
+        let record = encode_record(now_unix, name, partial, kept, &bytes);
         let needed = record_charge(record.len() as u64);
         let before = inner.used.fetch_add(needed, Ordering::Relaxed);
         if before.saturating_add(needed) > inner.capacity {
@@ -1072,6 +1119,35 @@ mod tests {
         drop(s);
         assert_eq!(store.stats().used_bytes, 0);
         assert_eq!(store.stats().shards, 0);
+    }
+
+    #[test]
+    fn received_shares_are_not_kept_until_the_operator_keeps_them() {
+        let store = Store::open(MemBackend::new(), 1 << 30).expect("open");
+        let mut s = store.begin_put();
+        let f = put_file(&mut s, "f", &data(70_000, 3));
+        let m = Manifest::new(&layout(), vec![f]).expect("m");
+        let root = s.commit_received(&m, "pushed", 1).expect("commit");
+        let info = |st: &Store<MemBackend>| st.list().expect("list")[0].clone();
+        assert!(!info(&store).kept && !info(&store).complete);
+        assert!(!store.keep(&root).expect("keep"), "was not kept before");
+        assert!(info(&store).kept);
+        assert!(store.keep(&root).expect("keep"), "kept now");
+        assert_eq!(
+            info(&store).name,
+            "pushed",
+            "the record is otherwise unchanged"
+        );
+        assert!(matches!(
+            store.keep(&cairn_erasure::manifest_cid(b"nothing")),
+            Err(ReadError::NotFound(_))
+        ));
+        // A complete checkpoint is always kept; a gateway's own share too.
+        let mut s = store.begin_put();
+        let f = put_file(&mut s, "g", &data(1000, 4));
+        let m = Manifest::new(&layout(), vec![f]).expect("m");
+        s.commit_partial(&m, "mine", 1).expect("commit");
+        assert!(store.list().expect("list").iter().all(|c| c.kept));
     }
 
     #[test]

@@ -160,6 +160,9 @@ pub(super) struct ListEntry {
     size: u64,
     /// False on a cluster member that holds only its share of the shards.
     complete: bool,
+    /// Kept by this node's operator; a share another gateway pushed is not (with a chain it
+    /// is freed after `storage.unpaid_grace_secs` unless a deal covers it).
+    kept: bool,
 }
 
 pub(super) async fn list<B: Backend>(
@@ -176,6 +179,7 @@ pub(super) async fn list<B: Backend>(
                 files: c.files,
                 size: c.size,
                 complete: c.complete,
+                kept: c.kept,
             })
             .collect(),
     ))

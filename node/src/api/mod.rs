@@ -90,6 +90,7 @@ pub fn router<B: Backend>(state: AppState<B>) -> Router {
             get(info::manifest::<B>).delete(write::unpin::<B>),
         )
         .route("/v1/checkpoints/{cid}/stat", get(info::stat::<B>))
+        .route("/v1/checkpoints/{cid}/keep", post(write::keep::<B>))
         .route("/v1/checkpoints/{cid}/lineage", get(info::lineage::<B>))
         .route("/v1/shards/{cid}", get(info::shard_status::<B>))
         .route(

@@ -252,3 +252,17 @@ pub(super) async fn unpin<B: Backend>(
         json!({"root": root.to_string(), "freed_shards": freed}),
     ))
 }
+
+/// Keep a share this node holds whether or not a deal pays for it (the operator's pin).
+pub(super) async fn keep<B: Backend>(
+    _: auth::Writer,
+    State(s): State<AppState<B>>,
+    Path(cid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let root = root_of(&cid)?;
+    let store = s.store.clone();
+    let before = blocking(move || Ok(store.keep(&root)?)).await?;
+    Ok(Json(
+        json!({"root": root.to_string(), "kept": true, "was_kept": before}),
+    ))
+}

@@ -6,6 +6,7 @@ pub mod deals;
 pub mod prover;
 pub mod publish;
 pub mod registry;
+pub mod unpaid;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -560,7 +560,7 @@ impl<B: Backend> ShardServer<B> {
                 }
             }
             let root = put
-                .commit_partial(&manifest, &name, now_unix())
+                .commit_received(&manifest, &name, now_unix())
                 .map_err(|e| (commit_status(&e), e.to_string()))?;
             announcements(&store, &manifest, root).map_err(|e| (Status::Internal, e.to_string()))
         })
