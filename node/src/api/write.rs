@@ -84,10 +84,20 @@ pub(super) async fn put_checkpoint<B: Backend>(
         .acquire_owned()
         .await
         .map_err(|_| ApiError::internal("node is shutting down"))?;
-    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), |state| async move {
-        let mut body = state?;
-        match tokio::time::timeout(CLIENT_IDLE_TIMEOUT, body.next()).await {
-            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+    let start = (body.into_data_stream(), Pace::default());
+    let stream = futures_util::stream::unfold(Some(start), |state| async move {
+        let (mut body, mut pace) = state?;
+        let waiting = Instant::now();
+        let next = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, body.next()).await;
+        let waited = waiting.elapsed();
+        match next {
+            Ok(Some(Ok(chunk))) => match pace.add(waited, chunk.len() as u64) {
+                Ok(()) => Some((Ok(chunk), Some((body, pace)))),
+                Err(slow) => Some((
+                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, slow)),
+                    None,
+                )),
+            },
             Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
             Ok(None) => None,
             Err(_) => Some((
@@ -265,4 +275,62 @@ pub(super) async fn keep<B: Backend>(
     Ok(Json(
         json!({"root": root.to_string(), "kept": true, "was_kept": before}),
     ))
+}
+
+/// Least body bytes an upload must deliver per [`CLIENT_IDLE_TIMEOUT`] of the node waiting
+/// for them: a client that trickles a byte a minute cannot hold an upload slot for ever.
+pub const MIN_UPLOAD_BYTES_PER_WINDOW: u64 = 1 << 20;
+
+/// An upload's pace, counted over the time the node spent waiting for the client only (not
+/// while the node itself was busy storing or pushing and did not read).
+#[derive(Debug, Default)]
+struct Pace {
+    waited: Duration,
+    bytes: u64,
+}
+
+impl Pace {
+    fn add(&mut self, waited: Duration, bytes: u64) -> Result<(), String> {
+        self.waited += waited;
+        self.bytes += bytes;
+        if self.waited < CLIENT_IDLE_TIMEOUT {
+            return Ok(());
+        }
+        if self.bytes < MIN_UPLOAD_BYTES_PER_WINDOW {
+            return Err(format!(
+                "upload too slow: {} bytes in {} s of waiting, at least {} needed",
+                self.bytes,
+                self.waited.as_secs(),
+                MIN_UPLOAD_BYTES_PER_WINDOW
+            ));
+        }
+        *self = Pace::default();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trickling_upload_is_cut_and_a_steady_one_is_not() {
+        let mut trickle = Pace::default();
+        let minute = Duration::from_secs(59);
+        assert!(trickle.add(minute, 1).is_ok());
+        assert!(trickle.add(minute, 1).is_err(), "two bytes in two minutes");
+        let mut steady = Pace::default();
+        for _ in 0..1000 {
+            steady
+                .add(Duration::from_secs(1), 64 << 10)
+                .expect("64 KiB/s is enough");
+        }
+        // Time the node spends not reading does not count: only waits are added.
+        let mut busy_node = Pace::default();
+        for _ in 0..100 {
+            busy_node
+                .add(Duration::from_millis(10), 1 << 20)
+                .expect("fast client");
+        }
+    }
 }
