@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod metrics;
 pub mod net;
 pub mod pipeline;
+pub mod private_file;
 pub mod sample;

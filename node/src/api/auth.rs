@@ -3,7 +3,6 @@
 //! deals) need the node's bearer token. On a loopback API, a request naming a Host that is not
 //! the node's own is refused, so a web page cannot reach the API through DNS rebinding.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -53,22 +52,7 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, TokenError> {
     let mut raw = [0u8; TOKEN_BYTES];
     getrandom::fill(&mut raw).map_err(|e| err(format!("no randomness: {e}")))?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::create_dir_all(data_dir).map_err(|e| err(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| err(e.to_string()))?;
-        f.write_all(token.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    crate::private_file::write_private(&path, token.as_bytes()).map_err(|e| err(e.to_string()))?;
     tracing::info!(path = %path.display(), "created the API token");
     Ok(token)
 }

@@ -71,25 +71,9 @@ pub fn load_identity(path: &Path) -> Result<Keypair, NetError> {
     match std::fs::read(path) {
         Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(e.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
             let key = Keypair::generate_ed25519();
             let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-            }
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| err(e.to_string()))?;
-            f.write_all(&bytes)
-                .and_then(|()| f.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, path))
-                .map_err(|e| err(e.to_string()))?;
+            crate::private_file::write_private(path, &bytes).map_err(|e| err(e.to_string()))?;
             info!(peer_id = %key.public().to_peer_id(), "created a new node identity");
             Ok(key)
         }
