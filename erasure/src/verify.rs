@@ -152,7 +152,7 @@ impl Outboard {
             return Ok((0, self.len));
         }
         let a = start / GROUP_LEN_U64 * GROUP_LEN_U64;
-        let b = end.div_ceil(GROUP_LEN_U64) * GROUP_LEN_U64;
+        let b = end.div_ceil(GROUP_LEN_U64).saturating_mul(GROUP_LEN_U64);
         Ok((a, b.min(self.len)))
     }
 
@@ -165,13 +165,14 @@ impl Outboard {
         start: u64,
         data: &[u8],
     ) -> Result<(), VerifyError> {
-        let end = start + data.len() as u64;
+        // A start near u64::MAX must be an error, not an overflow.
+        let end = start.saturating_add(data.len() as u64);
         let range_err = VerifyError::Range {
             start,
             end,
             len: self.len,
         };
-        if end > self.len {
+        if end > self.len || end - start != data.len() as u64 {
             return Err(range_err);
         }
         if self.cvs.is_empty() {
@@ -331,6 +332,22 @@ mod tests {
         let mut huge = vec![OUTBOARD_VERSION];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(Outboard::from_bytes(&huge).is_err());
+    }
+
+    #[test]
+    fn ranges_past_the_end_of_u64_are_errors() {
+        let d = data(3 * GROUP_LEN, 4);
+        let (hash, ob) = Outboard::compute(&d);
+        let start = u64::MAX - GROUP_LEN_U64 + 1;
+        assert!(matches!(
+            ob.verify_groups(&hash, start, &d[..GROUP_LEN]),
+            Err(VerifyError::Range { .. })
+        ));
+        let (hash, small) = Outboard::compute(&d[..10]);
+        assert!(matches!(
+            small.verify_groups(&hash, u64::MAX, &d[..10]),
+            Err(VerifyError::Range { .. })
+        ));
     }
 
     proptest! {

@@ -200,7 +200,7 @@ impl<'a> Reader<'a> {
     fn cid(&mut self) -> Result<Cid, WireError> {
         let n = usize::from(self.u8("cid length")?);
         let b = self.take(n, "cid")?;
-        Cid::try_from(b).map_err(|e| WireError::Cid(e.to_string()))
+        cairn_erasure::cid_from_bytes(b).map_err(|e| WireError::Cid(e.to_string()))
     }
     fn string(&mut self, what: &'static str) -> Result<String, WireError> {
         let n = usize::from(self.u16(what)?);
@@ -556,6 +556,14 @@ mod tests {
         let (kind, mut body) = split(&Request::Abort { upload: [2; 16] }.encode());
         body.push(0);
         assert_eq!(Request::decode(kind, &body), Err(WireError::Trailing(1)));
+        // A CID field holding a CID and more: the extra bytes would be ignored by the CID
+        // parser, so that two frames would name one shard.
+        let mut body = Vec::new();
+        let cid = cid_of(3).to_bytes();
+        body.push(u8::try_from(cid.len() + 1).expect("short"));
+        body.extend_from_slice(&cid);
+        body.push(0);
+        assert!(matches!(Request::decode(5, &body), Err(WireError::Cid(_))));
         let r = Response::error(Status::Corrupt, "bad");
         let (kind, body) = split(&r.encode());
         assert_eq!(Response::decode(kind, body), Ok(r));
