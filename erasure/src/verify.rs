@@ -335,6 +335,22 @@ mod tests {
     }
 
     #[test]
+    fn a_single_group_claim_is_only_checked_with_the_bytes() {
+        let d = data(3 * GROUP_LEN, 5);
+        let (hash, _) = Outboard::compute(&d);
+        let mut claim = vec![OUTBOARD_VERSION];
+        claim.extend_from_slice(&100u64.to_le_bytes());
+        let claim = Outboard::from_bytes(&claim).expect("a 100-byte shard's outboard");
+        claim
+            .check(&hash)
+            .expect("nothing to check without the bytes");
+        assert_eq!(
+            claim.verify_groups(&hash, 0, &d[..100]),
+            Err(VerifyError::Whole)
+        );
+    }
+
+    #[test]
     fn ranges_past_the_end_of_u64_are_errors() {
         let d = data(3 * GROUP_LEN, 4);
         let (hash, ob) = Outboard::compute(&d);
