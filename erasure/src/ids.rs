@@ -66,12 +66,42 @@ pub fn shard_hash(cid: &Cid) -> Result<blake3::Hash, CidError> {
         })
 }
 
+/// A CID from its binary form, which must be the whole of `bytes` (the `cid` crate's parser
+/// stops at the end of the CID and ignores what follows: two byte strings would name one CID).
+pub fn cid_from_bytes(bytes: &[u8]) -> Result<Cid, CidError> {
+    let malformed = |reason: String| CidError::Malformed {
+        input: bytes.iter().take(64).map(|b| format!("{b:02x}")).collect(),
+        reason,
+    };
+    let cid = Cid::try_from(bytes).map_err(|e| malformed(e.to_string()))?;
+    if cid.to_bytes() != bytes {
+        return Err(malformed(
+            "bytes after the cid, or not its canonical encoding".into(),
+        ));
+    }
+    Ok(cid)
+}
+
+/// A CID from its text form, in any multibase. The `cid` crate's parser skips anything up to
+/// an `/ipfs/` and ignores bytes after the CID; only the text of exactly one CID is accepted.
+fn cid_from_text(input: &str) -> Result<Cid, CidError> {
+    let malformed = |reason: String| CidError::Malformed {
+        input: input.chars().take(128).collect(),
+        reason,
+    };
+    let cid = Cid::try_from(input).map_err(|e| malformed(e.to_string()))?;
+    // CIDv0 (bare base58, no multibase prefix) is never a Cairn CID: the callers refuse it.
+    if cid.version() == cid::Version::V1
+        && !cid::multibase::decode(input).is_ok_and(|(_, bytes)| bytes == cid.to_bytes())
+    {
+        return Err(malformed("not the text of exactly one cid".into()));
+    }
+    Ok(cid)
+}
+
 /// Parse a CID string and check it is a Cairn manifest (root) CID.
 pub fn parse_cid(input: &str) -> Result<Cid, CidError> {
-    let cid = Cid::try_from(input).map_err(|e| CidError::Malformed {
-        input: input.chars().take(128).collect(),
-        reason: e.to_string(),
-    })?;
+    let cid = cid_from_text(input)?;
     if cid.codec() != DAG_CBOR || blake3_of(&cid).is_none() {
         return Err(CidError::Unsupported {
             cid: cid.to_string(),
@@ -83,10 +113,7 @@ pub fn parse_cid(input: &str) -> Result<Cid, CidError> {
 
 /// Parse a CID string and check it is a Cairn shard CID (raw codec, BLAKE3).
 pub fn parse_shard_cid(input: &str) -> Result<Cid, CidError> {
-    let cid = Cid::try_from(input).map_err(|e| CidError::Malformed {
-        input: input.chars().take(128).collect(),
-        reason: e.to_string(),
-    })?;
+    let cid = cid_from_text(input)?;
     shard_hash(&cid)?;
     Ok(cid)
 }
@@ -133,5 +160,36 @@ mod tests {
             parse_shard_cid("nope"),
             Err(CidError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn only_the_whole_of_one_cid_is_accepted() {
+        let cid = shard_cid(&blake3::hash(b"x"));
+        let bytes = cid.to_bytes();
+        assert_eq!(cid_from_bytes(&bytes), Ok(cid));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            cid_from_bytes(&longer),
+            Err(CidError::Malformed { .. })
+        ));
+        assert!(cid_from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        let text = cid.to_string();
+        assert_eq!(parse_shard_cid(&text), Ok(cid));
+        for bad in [
+            cid::multibase::encode(cid::multibase::Base::Base32Lower, &longer),
+            format!("junk/ipfs/{text}"),
+            format!("/ipfs/{text}"),
+        ] {
+            assert!(
+                matches!(parse_shard_cid(&bad), Err(CidError::Malformed { .. })),
+                "{bad}"
+            );
+        }
+        // Any multibase names the same CID.
+        let b58 = cid
+            .to_string_of_base(cid::multibase::Base::Base58Btc)
+            .expect("v1 cids print in any base");
+        assert_eq!(parse_shard_cid(&b58), Ok(cid));
     }
 }

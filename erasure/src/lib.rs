@@ -18,7 +18,9 @@ pub mod stripe;
 pub mod verify;
 
 pub use coder::{Coder, DecodeError};
-pub use ids::{CidError, manifest_cid, parse_cid, parse_shard_cid, shard_cid, shard_hash};
+pub use ids::{
+    CidError, cid_from_bytes, manifest_cid, parse_cid, parse_shard_cid, shard_cid, shard_hash,
+};
 pub use layout::{Layout, ParamsError, Piece};
 pub use manifest::{FileEntry, Manifest, ManifestError};
 pub use stripe::{Coded, EncodedStripe, ShardMeta, Stripe, encode_stripe};

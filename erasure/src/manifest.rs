@@ -144,7 +144,7 @@ impl Manifest {
         Ok((bytes, cid))
     }
 
-    /// Decode and validate untrusted bytes.
+    /// Decode and validate untrusted bytes, which must be the manifest's canonical encoding.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
         if bytes.len() > MAX_MANIFEST_LEN {
             return Err(ManifestError::TooLarge { len: bytes.len() });
@@ -152,6 +152,13 @@ impl Manifest {
         let m: Manifest = serde_ipld_dagcbor::from_slice(bytes)
             .map_err(|e| ManifestError::Decode(e.to_string()))?;
         m.validate()?;
+        // The decoder also takes encodings other than the canonical one (an unknown key, bytes
+        // after a CID): refused, so that a root CID names the manifest its bytes decode to.
+        if m.encode()? != bytes {
+            return Err(ManifestError::Decode(
+                "not the canonical encoding of a manifest".into(),
+            ));
+        }
         Ok(m)
     }
 
@@ -368,6 +375,60 @@ mod tests {
                 proptest::prop_assert_eq!(m.encode().expect("encodes"), bytes);
             }
         }
+    }
+
+    /// Only the canonical encoding decodes: bytes after a CID or an unknown key would give a
+    /// manifest whose CID is not the CID of the bytes it came from.
+    #[test]
+    fn non_canonical_encodings_are_rejected() {
+        let bytes = sample().encode().expect("encodes");
+        // Tag 42 is `d8 2a`, then the CID as a byte string `58 25` of 37 bytes (`00` + CID).
+        let at = bytes
+            .windows(4)
+            .position(|w| w == [0xd8, 0x2a, 0x58, 0x25])
+            .expect("a cid");
+        let mut longer = bytes[..at + 3].to_vec();
+        longer.push(0x26);
+        longer.extend_from_slice(&bytes[at + 4..at + 4 + 37]);
+        longer.push(0x00);
+        longer.extend_from_slice(&bytes[at + 4 + 37..]);
+        assert!(matches!(
+            Manifest::decode(&longer),
+            Err(ManifestError::Decode(_))
+        ));
+        // An unknown key, in its place in the key order.
+        #[derive(Serialize)]
+        struct WithExtra<'a> {
+            version: u32,
+            codec: &'a str,
+            k: u8,
+            m: u8,
+            x: u8,
+            stripe_size: u64,
+            group_size: u32,
+            files: &'a [FileEntry],
+        }
+        let m = sample();
+        let extra = serde_ipld_dagcbor::to_vec(&WithExtra {
+            version: m.version,
+            codec: &m.codec,
+            k: m.k,
+            m: m.m,
+            x: 0,
+            stripe_size: m.stripe_size,
+            group_size: m.group_size,
+            files: &m.files,
+        })
+        .expect("encodes");
+        assert!(matches!(
+            Manifest::decode(&extra),
+            Err(ManifestError::Decode(_))
+        ));
+        // Trailing bytes after the map.
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(Manifest::decode(&trailing).is_err());
+        Manifest::decode(&bytes).expect("the canonical encoding decodes");
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl Outboard {
             return Ok((0, self.len));
         }
         let a = start / GROUP_LEN_U64 * GROUP_LEN_U64;
-        let b = end.div_ceil(GROUP_LEN_U64) * GROUP_LEN_U64;
+        let b = end.div_ceil(GROUP_LEN_U64).saturating_mul(GROUP_LEN_U64);
         Ok((a, b.min(self.len)))
     }
 
@@ -165,13 +165,14 @@ impl Outboard {
         start: u64,
         data: &[u8],
     ) -> Result<(), VerifyError> {
-        let end = start + data.len() as u64;
+        // A start near u64::MAX must be an error, not an overflow.
+        let end = start.saturating_add(data.len() as u64);
         let range_err = VerifyError::Range {
             start,
             end,
             len: self.len,
         };
-        if end > self.len {
+        if end > self.len || end - start != data.len() as u64 {
             return Err(range_err);
         }
         if self.cvs.is_empty() {
@@ -331,6 +332,38 @@ mod tests {
         let mut huge = vec![OUTBOARD_VERSION];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(Outboard::from_bytes(&huge).is_err());
+    }
+
+    #[test]
+    fn a_single_group_claim_is_only_checked_with_the_bytes() {
+        let d = data(3 * GROUP_LEN, 5);
+        let (hash, _) = Outboard::compute(&d);
+        let mut claim = vec![OUTBOARD_VERSION];
+        claim.extend_from_slice(&100u64.to_le_bytes());
+        let claim = Outboard::from_bytes(&claim).expect("a 100-byte shard's outboard");
+        claim
+            .check(&hash)
+            .expect("nothing to check without the bytes");
+        assert_eq!(
+            claim.verify_groups(&hash, 0, &d[..100]),
+            Err(VerifyError::Whole)
+        );
+    }
+
+    #[test]
+    fn ranges_past_the_end_of_u64_are_errors() {
+        let d = data(3 * GROUP_LEN, 4);
+        let (hash, ob) = Outboard::compute(&d);
+        let start = u64::MAX - GROUP_LEN_U64 + 1;
+        assert!(matches!(
+            ob.verify_groups(&hash, start, &d[..GROUP_LEN]),
+            Err(VerifyError::Range { .. })
+        ));
+        let (hash, small) = Outboard::compute(&d[..10]);
+        assert!(matches!(
+            small.verify_groups(&hash, u64::MAX, &d[..10]),
+            Err(VerifyError::Range { .. })
+        ));
     }
 
     proptest! {

@@ -286,11 +286,15 @@ fn sendme(file: &Path, work: &Path) -> Option<f64> {
     if !which.status.success() {
         return None;
     }
-    // In the bench's own work directory: `sendme send` leaves its state where it runs.
+    // `sendme send` keeps its store in a `.sendme-send-*` folder of its working directory: it
+    // runs in a folder of the work dir, which goes away with it (hence the absolute path).
+    let file = std::path::absolute(file).ok()?;
+    let send_dir = work.join("sendme-send");
+    std::fs::create_dir_all(&send_dir).ok()?;
     let mut send = Command::new("sendme")
         .args(["send", "--relay", "disabled"])
-        .arg(file)
-        .current_dir(work)
+        .arg(&file)
+        .current_dir(&send_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -7,7 +7,10 @@ pub mod challenge;
 pub mod proof;
 pub mod tree;
 
-pub use proof::{Proof, ProveError, encode_blob, proof_size, prove, verify};
+pub use proof::{
+    BlobError, Challenge, Proof, ProveError, decode_blob, encode_blob, proof_size, prove, verify,
+    verify_blob,
+};
 pub use tree::{Commitment, Node, UpperTree};
 
 /// Format tag of the tree and blob rules (the contract's `PROOF_FORMAT`).

@@ -80,6 +80,75 @@ pub fn proof_size(leaf_count: u64) -> usize {
     LEAF_SIZE + depth(leaf_count) * NODE_SIZE
 }
 
+/// One challenged leaf of an epoch: a sample that fell on a running deal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    pub commitment: Commitment,
+    pub leaf: u64,
+}
+
+/// Why the contract refuses an epoch's blob.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The blob is not exactly one proof per challenge (the contract's `MalformedProof`).
+    #[error("the blob does not hold exactly one proof per challenge")]
+    Malformed,
+    /// The proof of challenge `index` does not hash to its deal's root (`BadProof`).
+    #[error("the proof of challenge {index} does not verify")]
+    BadProof { index: usize },
+}
+
+/// The next proof of `blob` for a deal of `leaf_count` leaves, and what follows it.
+fn take_proof(blob: &[u8], leaf_count: u64) -> Option<(Proof, &[u8])> {
+    let (leaf, rest) = blob.split_first_chunk::<LEAF_SIZE>()?;
+    let (siblings, rest) = rest.split_at_checked(depth(leaf_count) * NODE_SIZE)?;
+    let (siblings, _) = siblings.as_chunks::<NODE_SIZE>();
+    Some((
+        Proof {
+            leaf: *leaf,
+            siblings: siblings.to_vec(),
+        },
+        rest,
+    ))
+}
+
+/// Cut an epoch's blob into its proofs, one per challenge in order, as the contract reads it:
+/// the blob carries no lengths, each proof's size follows from its deal's leaf count.
+pub fn decode_blob(blob: &[u8], challenges: &[Challenge]) -> Result<Vec<Proof>, BlobError> {
+    let mut rest = blob;
+    let mut proofs = Vec::with_capacity(challenges.len());
+    for c in challenges {
+        let (proof, tail) =
+            take_proof(rest, c.commitment.leaf_count).ok_or(BlobError::Malformed)?;
+        proofs.push(proof);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(BlobError::Malformed);
+    }
+    Ok(proofs)
+}
+
+/// What the contract's `submitProofs` checks of a blob, in its order: each challenge's proof
+/// in turn (a blob too short for it is malformed, a proof that does not verify is bad), then
+/// that nothing is left over.
+pub fn verify_blob(blob: &[u8], challenges: &[Challenge]) -> Result<(), BlobError> {
+    let mut rest = blob;
+    for (index, c) in challenges.iter().enumerate() {
+        let (proof, tail) =
+            take_proof(rest, c.commitment.leaf_count).ok_or(BlobError::Malformed)?;
+        if !verify(&c.commitment, c.leaf, &proof) {
+            return Err(BlobError::BadProof { index });
+        }
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(BlobError::Malformed);
+    }
+    Ok(())
+}
+
 /// The epoch's blob: the proofs in sample order, each the leaf then its siblings.
 pub fn encode_blob(proofs: &[Proof]) -> Vec<u8> {
     let mut out = Vec::with_capacity(

@@ -150,3 +150,37 @@ fn blob_is_leaf_then_siblings_per_proof() {
     assert_eq!(&blob[..LEAF_SIZE], &a.leaf);
     assert_eq!(&blob[LEAF_SIZE..LEAF_SIZE + NODE_SIZE], &a.siblings[0]);
 }
+
+#[test]
+fn blobs_are_read_as_the_contract_reads_them() {
+    let shards = vec![vec![3u8; 70_000]];
+    let upper = upper_of(&shards);
+    let commitment = upper.commitment();
+    let leaves = [5, CHUNK_LEAVES + 1];
+    let proofs: Vec<Proof> = leaves
+        .iter()
+        .map(|&i| prove(&upper, i, &chunk_of(&shards, i)).expect("held"))
+        .collect();
+    let challenges: Vec<Challenge> = leaves
+        .iter()
+        .map(|&leaf| Challenge { commitment, leaf })
+        .collect();
+    let blob = encode_blob(&proofs);
+    assert_eq!(decode_blob(&blob, &challenges), Ok(proofs));
+    assert_eq!(verify_blob(&blob, &challenges), Ok(()));
+    assert_eq!(verify_blob(&[], &[]), Ok(()));
+    assert_eq!(
+        verify_blob(&blob[..blob.len() - 1], &challenges),
+        Err(BlobError::Malformed)
+    );
+    let mut longer = blob.clone();
+    longer.push(0);
+    assert_eq!(verify_blob(&longer, &challenges), Err(BlobError::Malformed));
+    assert_eq!(decode_blob(&longer, &challenges), Err(BlobError::Malformed));
+    let mut bad = blob.clone();
+    bad[proof_size(commitment.leaf_count) + 3] ^= 1;
+    assert_eq!(
+        verify_blob(&bad, &challenges),
+        Err(BlobError::BadProof { index: 1 })
+    );
+}

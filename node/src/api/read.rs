@@ -162,6 +162,87 @@ where
 #[cfg(test)]
 mod tests {
     use super::parse_range;
+    use proptest::prelude::*;
+
+    /// Cases per fuzz test: `PROPTEST_CASES` when set (`ops/fuzz.sh`), else `ci`.
+    fn cases(ci: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ci)
+    }
+
+    /// `parse_range` on a client's header value: no panic, and a range it returns is
+    /// non-empty and within the file.
+    fn check_range(value: &str, size: u64) -> Result<(), TestCaseError> {
+        if let Ok(Some((a, b))) = parse_range(value, size) {
+            prop_assert!(
+                a < b && b <= size,
+                "{:?} of {} bytes gave {}..{}",
+                value,
+                size,
+                a,
+                b
+            );
+        }
+        Ok(())
+    }
+
+    /// File sizes and positions: small, around the limits of u64, anything.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0u64..4,
+            0u64..100_000,
+            Just(u64::MAX),
+            u64::MAX - 3..=u64::MAX,
+            any::<u64>()
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases(2048)))]
+
+        /// Random header values, header-shaped ones, and valid ones with characters
+        /// overwritten or inserted; well-formed single ranges answer what RFC 9110 says.
+        #[test]
+        fn fuzz_range_header(
+            junk in ".{0,40}",
+            shaped in " ?(bytes|BYTES|items)?=?[ 0-9+-]{0,24}(,[ 0-9-]{0,8})?",
+            digits in "[0-9]{18,40}",
+            size in number(),
+            (a, b, n) in (number(), number(), number()),
+            edits in prop::collection::vec(
+                (any::<prop::sample::Index>(), "[0-9=, +-]|.", any::<bool>()),
+                0..4,
+            ),
+        ) {
+            check_range(&junk, size)?;
+            check_range(&shaped, size)?;
+            check_range(&format!("bytes={junk}"), size)?;
+            for v in [format!("bytes={digits}-"), format!("bytes=-{digits}"), format!("bytes=0-{digits}")] {
+                check_range(&v, size)?;
+            }
+            let (lo, hi) = (a.min(b), a.max(b));
+            let first_last = (lo < size).then(|| Some((lo, hi.saturating_add(1).min(size))));
+            prop_assert_eq!(parse_range(&format!("bytes={lo}-{hi}"), size), first_last.ok_or(()));
+            let from = (lo < size).then_some(Some((lo, size)));
+            prop_assert_eq!(parse_range(&format!("bytes={lo}-"), size), from.ok_or(()));
+            let suffix = (n > 0 && size > 0).then(|| Some((size - n.min(size), size)));
+            prop_assert_eq!(parse_range(&format!("bytes=-{n}"), size), suffix.ok_or(()));
+            prop_assert_eq!(parse_range(&format!("bytes={lo}-{hi},0-1"), size), Ok(None));
+            let mut v: Vec<char> = format!("bytes={lo}-{hi}").chars().collect();
+            for (at, c, insert) in edits {
+                let c = c.chars().next().unwrap_or('x');
+                if insert {
+                    v.insert(at.index(v.len() + 1), c);
+                } else {
+                    let i = at.index(v.len());
+                    v[i] = c;
+                }
+            }
+            check_range(&v.into_iter().collect::<String>(), size)?;
+        }
+    }
 
     #[test]
     fn ranges() {

@@ -4,8 +4,9 @@
 //! body of at most [`MAX_BODY`] bytes; bulk bytes (a shard, a manifest) follow the body and
 //! their length is declared in it and checked against its own limit before anything is
 //! allocated. Integers are little-endian; a CID is `[len: u8][cid bytes]`; a string is
-//! `[len: u16][utf-8]`. Decoding never panics and never allocates more than the limits allow
-//! (proptest below feeds it random and truncated frames).
+//! `[len: u16][utf-8]`. Decoding never panics, never allocates more than the limits allow, and
+//! accepts one encoding per message (the `fuzz_` tests below feed it random, changed and
+//! truncated frames).
 //!
 //! Requests (kind):
 //! - 1 `PutShard {upload: [u8; 16], cid, len: u64}` + `len` shard bytes -> `Ok` once stored.
@@ -221,7 +222,7 @@ impl<'a> Reader<'a> {
     fn cid(&mut self) -> Result<Cid, WireError> {
         let n = usize::from(self.u8("cid length")?);
         let b = self.take(n, "cid")?;
-        Cid::try_from(b).map_err(|e| WireError::Cid(e.to_string()))
+        cairn_erasure::cid_from_bytes(b).map_err(|e| WireError::Cid(e.to_string()))
     }
     fn string(&mut self, what: &'static str) -> Result<String, WireError> {
         let n = usize::from(self.u16(what)?);
@@ -512,6 +513,14 @@ mod tests {
         ]
     }
 
+    /// Cases per fuzz test: `PROPTEST_CASES` when set (`ops/fuzz.sh`), else `ci`.
+    fn cases(ci: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ci)
+    }
+
     fn split(frame: &[u8]) -> (u8, Vec<u8>) {
         let h: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().expect("header");
         let (kind, len) = decode_header(&h).expect("header decodes");
@@ -520,6 +529,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases(4096)))]
+
         #[test]
         fn requests_round_trip(req in request()) {
             let (kind, body) = split(&req.encode());
@@ -527,7 +538,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_requests_are_errors(req in request(), cut in any::<prop::sample::Index>()) {
+        fn fuzz_wire_truncated_requests_are_errors(req in request(), cut in any::<prop::sample::Index>()) {
             let (kind, body) = split(&req.encode());
             let at = cut.index(body.len().max(1)).min(body.len().saturating_sub(1));
             if !body.is_empty() {
@@ -536,7 +547,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bytes_never_panic(kind in any::<u8>(), body in prop::collection::vec(any::<u8>(), 0..300),
+        fn fuzz_wire_random_bytes_never_panic(kind in any::<u8>(), body in prop::collection::vec(any::<u8>(), 0..300),
                                     header in any::<[u8; HEADER_LEN]>()) {
             let _ = Request::decode(kind, &body);
             let _ = ShardHeader::decode(&body);
@@ -548,17 +559,22 @@ mod tests {
         }
 
         /// Valid frames with random bytes overwritten, length fields included, and cut short:
-        /// decoding answers an error or a request whose declared lengths are within limits.
+        /// decoding answers an error or a request whose declared lengths are within limits
+        /// and whose encoding is exactly the frame's body.
         #[test]
-        fn mutated_frames_never_panic_or_exceed_limits(
+        fn fuzz_wire_mutated_frames_never_panic_or_exceed_limits(
             req in request(),
-            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<bool>()), 1..8),
             cut in any::<prop::sample::Index>(),
         ) {
             let mut f = req.encode();
-            for (at, v) in edits {
-                let i = at.index(f.len());
-                f[i] = v;
+            for (at, v, insert) in edits {
+                if insert {
+                    f.insert(at.index(f.len() + 1), v);
+                } else {
+                    let i = at.index(f.len());
+                    f[i] = v;
+                }
             }
             f.truncate(cut.index(f.len() + 1).max(HEADER_LEN.min(f.len())));
             if f.len() < HEADER_LEN {
@@ -569,6 +585,7 @@ mod tests {
             prop_assert!(len <= MAX_BODY);
             let body = &f[HEADER_LEN..];
             if let Ok(r) = Request::decode(kind, body) {
+                prop_assert_eq!(&r.encode()[HEADER_LEN..], body);
                 match r {
                     Request::PutShard { len, .. } => prop_assert!(len <= MAX_SHARD_LEN),
                     Request::Commit { manifest_len, .. } => {
@@ -577,6 +594,35 @@ mod tests {
                     Request::GetShard { start, end, .. } => prop_assert!(start <= end),
                     _ => {}
                 }
+            }
+        }
+
+        /// `GetShard` answer headers with bytes overwritten, inserted and cut: an error, or a
+        /// header within the limits whose encoding is exactly the body.
+        #[test]
+        fn fuzz_wire_mutated_shard_headers(
+            len in 0..=MAX_SHARD_LEN,
+            ob in prop::collection::vec(any::<u8>(), 0..200),
+            (a, b) in (any::<u64>(), any::<u64>()),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<bool>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let (start, end) = ((a % (len + 1)).min(b % (len + 1)), (a % (len + 1)).max(b % (len + 1)));
+            let mut body = ShardHeader { shard_len: len, outboard: ob, start, end }.encode();
+            for (at, v, insert) in edits {
+                if insert {
+                    body.insert(at.index(body.len() + 1), v);
+                } else {
+                    let i = at.index(body.len());
+                    body[i] = v;
+                }
+            }
+            body.truncate(cut.index(body.len() + 1));
+            if let Ok(h) = ShardHeader::decode(&body) {
+                prop_assert!(h.shard_len <= MAX_SHARD_LEN);
+                prop_assert!(h.start <= h.end && h.end <= h.shard_len);
+                prop_assert!(h.outboard.len() < body.len());
+                prop_assert_eq!(h.encode(), body);
             }
         }
 
@@ -612,6 +658,14 @@ mod tests {
         let (kind, mut body) = split(&Request::Abort { upload: [2; 16] }.encode());
         body.push(0);
         assert_eq!(Request::decode(kind, &body), Err(WireError::Trailing(1)));
+        // A CID field holding a CID and more: the extra bytes would be ignored by the CID
+        // parser, so that two frames would name one shard.
+        let mut body = Vec::new();
+        let cid = cid_of(3).to_bytes();
+        body.push(u8::try_from(cid.len() + 1).expect("short"));
+        body.extend_from_slice(&cid);
+        body.push(0);
+        assert!(matches!(Request::decode(5, &body), Err(WireError::Cid(_))));
         let r = Response::error(Status::Corrupt, "bad");
         let (kind, body) = split(&r.encode());
         assert_eq!(Response::decode(kind, body), Ok(r));
