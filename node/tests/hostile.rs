@@ -22,6 +22,10 @@ use peer::{Behaviour, ScriptedPeer};
 
 const ERASURE: &str = "[erasure]\nk = 2\nm = 1\nstripe_size = 1048576\n";
 
+/// The tests of this file run one at a time: each starts several node processes, and the
+/// latency bound of the stream-hog test must not measure the other tests' load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn peer_id(node: &NodeProc) -> PeerId {
     node.json("/v1/status")["peer_id"]
         .as_str()
@@ -99,6 +103,7 @@ fn put_file(node: &NodeProc, dir: &Path, len: usize, seed: u64) -> (std::process
 /// keeps its shard and commits it; a `Commit` without a session is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_belong_to_the_peer_that_opened_them() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().expect("tmp");
     let (owner_key, third_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
     let scripted = [
@@ -160,6 +165,7 @@ async fn sessions_belong_to_the_peer_that_opened_them() {
 /// of 10,000 tiny shards and of provider records changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strangers_may_read_but_not_store_serve_or_announce() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().expect("tmp");
     let mut nodes = common::cluster(tmp.path(), 4, ERASURE, |_| Vec::new());
     let addrs: Vec<String> = nodes.iter().map(NodeProc::p2p_addr).collect();
@@ -289,6 +295,7 @@ async fn strangers_may_read_but_not_store_serve_or_announce() {
 /// beyond a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_peer_holding_every_stream_does_not_stop_others() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().expect("tmp");
     let nodes = common::cluster(tmp.path(), 3, ERASURE, |_| Vec::new());
     let (out, _) = put_file(&nodes[0], tmp.path(), 2 << 20, 4);
@@ -352,6 +359,7 @@ async fn one_peer_holding_every_stream_does_not_stop_others() {
 /// refused before it is read; aborting gives every byte back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_flood_stops_at_its_quota() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().expect("tmp");
     let key = Keypair::generate_ed25519();
     let me = [key.public().to_peer_id().to_string()];
@@ -426,6 +434,7 @@ async fn a_member_flood_stops_at_its_quota() {
 /// to commit fails loudly: never "stored" with a shard missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lying_participant_fails_the_put_loudly() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     for behaviour in [
         Behaviour::AckWithoutStoring,
         Behaviour::ServeGarbage,
@@ -472,6 +481,7 @@ async fn a_lying_participant_fails_the_put_loudly() {
 /// gateway's rebuild: the rebuilt data shard does not hash to its CID, and nothing is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inconsistent_parity_is_never_served() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().expect("tmp");
     let key = Keypair::generate_ed25519();
     let me = [key.public().to_peer_id().to_string()];
