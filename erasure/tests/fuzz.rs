@@ -24,76 +24,9 @@ use cid::multihash::Multihash;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-/// Cases per test: `PROPTEST_CASES` when set (the long run), else `ci`.
-fn cases(ci: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ci)
-}
-
-/// One change to a valid encoding.
-#[derive(Debug, Clone)]
-enum Edit {
-    Set(Index, u8),
-    Flip(Index, u8),
-    Insert(Index, Vec<u8>),
-    Remove(Index, usize),
-}
-
-fn edits() -> impl Strategy<Value = Vec<Edit>> {
-    let edit = prop_oneof![
-        3 => (any::<Index>(), any::<u8>()).prop_map(|(i, v)| Edit::Set(i, v)),
-        3 => (any::<Index>(), 0u8..8).prop_map(|(i, b)| Edit::Flip(i, b)),
-        1 => (any::<Index>(), prop::collection::vec(any::<u8>(), 1..8))
-            .prop_map(|(i, v)| Edit::Insert(i, v)),
-        1 => (any::<Index>(), 1usize..16).prop_map(|(i, n)| Edit::Remove(i, n)),
-    ];
-    prop::collection::vec(edit, 1..6)
-}
-
-/// `bytes` with `edits` applied in order, then cut to `cut` of its length when given.
-fn mutate(bytes: &[u8], edits: &[Edit], cut: Option<Index>) -> Vec<u8> {
-    let mut b = bytes.to_vec();
-    for e in edits {
-        match e {
-            Edit::Set(i, v) if !b.is_empty() => {
-                let i = i.index(b.len());
-                b[i] = *v;
-            }
-            Edit::Flip(i, bit) if !b.is_empty() => {
-                let i = i.index(b.len());
-                b[i] ^= 1 << bit;
-            }
-            Edit::Insert(i, v) => {
-                let at = i.index(b.len() + 1);
-                b.splice(at..at, v.iter().copied());
-            }
-            Edit::Remove(i, n) if !b.is_empty() => {
-                let at = i.index(b.len());
-                b.drain(at..(at + n).min(b.len()));
-            }
-            _ => {}
-        }
-    }
-    if let Some(cut) = cut {
-        b.truncate(cut.index(b.len() + 1));
-    }
-    b
-}
-
-/// Deterministic pseudo-random bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+#[path = "support/mutate.rs"]
+mod mutate;
+use mutate::{cases, edits, mutate, noise};
 
 // ------------------------------------------------------------------------------------ CIDs
 
@@ -202,7 +135,7 @@ proptest! {
     fn fuzz_cid_text_mutated(
         (cid, _) in cairn_cid(),
         base in prop::sample::select(&BASES[..]),
-        edits in edits(),
+        edits in edits(8, 16),
         cut in prop::option::of(any::<Index>()),
     ) {
         let text = cid.to_string_of_base(base).expect("v1 cids print in any base");
@@ -224,7 +157,7 @@ proptest! {
     fn fuzz_cid_bytes(
         junk in prop::collection::vec(any::<u8>(), 0..80),
         (cid, _) in cairn_cid(),
-        edits in edits(),
+        edits in edits(8, 16),
         cut in prop::option::of(any::<Index>()),
         codec in prop_oneof![Just(RAW), Just(DAG_CBOR), any::<u64>()],
         code in prop_oneof![Just(BLAKE3), Just(0x12u64), any::<u64>()],
@@ -349,7 +282,7 @@ proptest! {
     #[test]
     fn fuzz_outboard_mutated(
         pick in any::<Index>(),
-        edits in prop::option::of(edits()),
+        edits in prop::option::of(edits(8, 16)),
         cut in prop::option::of(any::<Index>()),
         (a, b) in (any::<Index>(), any::<Index>()),
         shift in prop_oneof![Just(0usize), 1usize..(3 * G)],
@@ -554,7 +487,7 @@ proptest! {
     #[test]
     fn fuzz_manifest_mutated(
         m in manifest(),
-        edits in edits(),
+        edits in edits(8, 16),
         cut in prop::option::of(any::<Index>()),
     ) {
         let (bytes, root) = m.encode_with_cid().expect("encodes");

@@ -15,75 +15,13 @@ use cairn_storage::{Backend, MemBackend, Store};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-/// Cases per test: `PROPTEST_CASES` when set (the long run), else `ci`.
-fn cases(ci: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ci)
-}
+#[path = "../../erasure/tests/support/mutate.rs"]
+mod mutate;
+use mutate::{cases, edits, mutate, noise};
 
 /// Small stripes, so that a file of a few KiB spans several.
 fn layout() -> Layout {
     Layout::new(4, 2, 8192).expect("valid")
-}
-
-/// One change to a valid archive.
-#[derive(Debug, Clone)]
-enum Edit {
-    Set(Index, u8),
-    Flip(Index, u8),
-    Insert(Index, Vec<u8>),
-    Remove(Index, usize),
-}
-
-fn edits() -> impl Strategy<Value = Vec<Edit>> {
-    let edit = prop_oneof![
-        3 => (any::<Index>(), any::<u8>()).prop_map(|(i, v)| Edit::Set(i, v)),
-        3 => (any::<Index>(), 0u8..8).prop_map(|(i, b)| Edit::Flip(i, b)),
-        1 => (any::<Index>(), prop::collection::vec(any::<u8>(), 1..600))
-            .prop_map(|(i, v)| Edit::Insert(i, v)),
-        1 => (any::<Index>(), 1usize..600).prop_map(|(i, n)| Edit::Remove(i, n)),
-    ];
-    prop::collection::vec(edit, 1..6)
-}
-
-/// `bytes` with `edits` applied in order.
-fn mutate(bytes: &mut Vec<u8>, edits: &[Edit]) {
-    for e in edits {
-        match e {
-            Edit::Set(i, v) if !bytes.is_empty() => {
-                let i = i.index(bytes.len());
-                bytes[i] = *v;
-            }
-            Edit::Flip(i, bit) if !bytes.is_empty() => {
-                let i = i.index(bytes.len());
-                bytes[i] ^= 1 << bit;
-            }
-            Edit::Insert(i, v) => {
-                let at = i.index(bytes.len() + 1);
-                bytes.splice(at..at, v.iter().copied());
-            }
-            Edit::Remove(i, n) if !bytes.is_empty() => {
-                let at = i.index(bytes.len());
-                bytes.drain(at..(at + n).min(bytes.len()));
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Deterministic pseudo-random bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// Recompute the checksum of the 512-byte header block at `at`, so that changed header
@@ -317,7 +255,7 @@ proptest! {
     #[test]
     fn fuzz_tar_mutated(
         a in archive(),
-        edits in prop::option::of(edits()),
+        edits in prop::option::of(edits(600, 600)),
         fix in any::<bool>(),
         cut in prop::option::of(any::<Index>()),
     ) {
@@ -333,7 +271,7 @@ proptest! {
 
         let mut bytes = a.bytes.clone();
         if let Some(edits) = &edits {
-            mutate(&mut bytes, edits);
+            bytes = mutate(&bytes, edits, None);
             if fix && bytes.len() == a.bytes.len() {
                 for &at in &a.headers {
                     fix_checksum(&mut bytes, at);
