@@ -96,7 +96,6 @@ enum Command {
     Provide(RecordKey),
     Disconnect(PeerId),
     Providers(RecordKey, oneshot::Sender<Vec<PeerId>>),
-    Account(PeerId, oneshot::Sender<Option<String>>),
     Records(oneshot::Sender<RecordStats>),
 }
 
@@ -115,7 +114,8 @@ struct RemoteRecords {
     refused: u64,
 }
 
-/// Prefix of the chain account a node announces in its identify agent version.
+/// Prefix of the chain account a node announces in its identify agent version (for operators;
+/// nothing reads it back).
 const ACCOUNT_TAG: &str = " account/";
 
 /// Handle to the swarm task. Cheap to clone.
@@ -130,7 +130,8 @@ pub struct Network {
 pub struct NetConfig {
     pub listen: Multiaddr,
     pub bootstrap: Vec<Multiaddr>,
-    /// This node's chain account, announced to peers (deals name it).
+    /// This node's chain account, announced in identify for operators to see (deals take
+    /// the account the registry binds to a peer id, never this claim).
     pub account: Option<String>,
     /// Who may announce provider records here.
     pub membership: Membership,
@@ -269,11 +270,6 @@ impl Network {
         let _ = self.commands.send(Command::Disconnect(peer)).await;
     }
 
-    /// The chain account `peer` announced, if any.
-    pub async fn account(&self, peer: PeerId) -> Option<String> {
-        self.ask(|tx| Command::Account(peer, tx)).await.flatten()
-    }
-
     /// Provider records held for other peers, and those refused so far.
     pub async fn record_stats(&self) -> RecordStats {
         self.ask(Command::Records).await.unwrap_or_default()
@@ -306,7 +302,6 @@ async fn run(
     let mut remote = RemoteRecords::default();
     let mut lookups: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)> =
         HashMap::new();
-    let mut accounts: HashMap<PeerId, String> = HashMap::new();
     let mut refresh = tokio::time::interval(BOOTSTRAP_EVERY);
     let mut joined = false;
     loop {
@@ -318,7 +313,7 @@ async fn run(
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle_command(&mut swarm, cmd, &mut lookups, &accounts, &remote);
+                handle_command(&mut swarm, cmd, &mut lookups, &remote);
             }
             event = swarm.select_next_some() => {
                 record(&metrics, &event);
@@ -332,7 +327,7 @@ async fn run(
                 {
                     store_provider(&mut swarm, record.clone(), &membership, &mut remote, &metrics);
                 }
-                handle_event(&mut swarm, event, &mut lookups, &mut accounts);
+                handle_event(&mut swarm, event, &mut lookups);
                 // Join as soon as the first peer is known: the walk towards our own key makes
                 // the rest of the network learn this node (and its current address).
                 if identified && !joined {
@@ -420,7 +415,6 @@ fn handle_command(
     swarm: &mut Swarm<Behaviour>,
     cmd: Command,
     lookups: &mut HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
-    accounts: &HashMap<PeerId, String>,
     remote: &RemoteRecords,
 ) {
     match cmd {
@@ -429,9 +423,6 @@ fn handle_command(
                 remote: remote.total,
                 refused: remote.refused,
             });
-        }
-        Command::Account(peer, tx) => {
-            let _ = tx.send(accounts.get(&peer).cloned());
         }
         Command::Peers(tx) => {
             let mut peers = Vec::new();
@@ -467,7 +458,6 @@ fn handle_event(
     swarm: &mut Swarm<Behaviour>,
     event: SwarmEvent<BehaviourEvent>,
     lookups: &mut HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
-    accounts: &mut HashMap<PeerId, String>,
 ) {
     match event {
         SwarmEvent::NewListenAddr { address, .. } => {
@@ -478,9 +468,6 @@ fn handle_event(
             info,
             ..
         })) if info.protocols.contains(&KAD_PROTOCOL) => {
-            if let Some((_, a)) = info.agent_version.split_once(ACCOUNT_TAG) {
-                accounts.insert(peer_id, a.to_string());
-            }
             let kad = &mut swarm.behaviour_mut().kad;
             for addr in info.listen_addrs {
                 kad.add_address(&peer_id, addr);

@@ -81,14 +81,6 @@ impl TransferError {
             }
         )
     }
-
-    /// The peer's answer status, when it answered with an error.
-    pub fn status(&self) -> Option<Status> {
-        match self {
-            TransferError::Remote { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
 }
 
 /// What this node's transfers moved: the component's Prometheus metrics, and bytes received
