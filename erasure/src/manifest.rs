@@ -8,11 +8,16 @@ use crate::ids::{self, manifest_cid};
 use crate::layout::{Layout, ParamsError};
 use crate::verify::GROUP_LEN;
 
-/// Newest manifest format version: 2 carries a placement salt. Version 1 (no salt) is still
-/// read and is what a single node's own puts write (their root depends on content alone).
-pub const MANIFEST_VERSION: u32 = 2;
+/// Newest manifest format version: 3 carries a placement salt and its publisher's identity.
+/// Version 2 (a salt, no publisher) and version 1 (neither) are still read; version 1 is what
+/// a single node's own puts write (their root depends on content alone).
+pub const MANIFEST_VERSION: u32 = 3;
+/// The salted format without a publisher.
+pub const MANIFEST_VERSION_SALTED: u32 = 2;
 /// The unsalted format.
 pub const MANIFEST_VERSION_UNSALTED: u32 = 1;
+/// Largest publisher identity accepted, bytes (a libp2p peer id is 38 for ed25519).
+pub const MAX_PUBLISHER_LEN: usize = 64;
 /// Bytes of a placement salt.
 pub const SALT_LEN: usize = 16;
 /// Codec tag: Reed-Solomon over GF(2^8) with the Vandermonde-derived systematic matrix of
@@ -33,7 +38,7 @@ pub enum ManifestError {
     Decode(String),
     #[error("manifest could not be encoded: {0}")]
     Encode(String),
-    #[error("unsupported manifest version {0} (this build reads {MANIFEST_VERSION})")]
+    #[error("unsupported manifest version {0} (this build reads 1 to {MANIFEST_VERSION})")]
     Version(u32),
     #[error("unsupported codec {0:?} (this build reads {CODEC_RS_GF8:?})")]
     Codec(String),
@@ -95,6 +100,11 @@ pub struct Manifest {
     /// (or node ids ground for them) before the put.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     pub salt: Option<Vec<u8>>,
+    /// Who published the checkpoint (version 3): the identity (a libp2p peer id's bytes) of
+    /// the gateway that put it. Part of the root, so no holder can claim another; only this
+    /// identity may ask the network to delete the checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub publisher: Option<Vec<u8>>,
 }
 
 impl Manifest {
@@ -111,6 +121,7 @@ impl Manifest {
             group_size: GROUP_LEN as u32,
             files,
             salt: None,
+            publisher: None,
         };
         m.validate()?;
         Ok(m)
@@ -118,9 +129,28 @@ impl Manifest {
 
     /// This manifest with a placement salt (format version 2).
     pub fn salted(mut self, salt: [u8; SALT_LEN]) -> Self {
+        self.version = MANIFEST_VERSION_SALTED;
+        self.salt = Some(salt.to_vec());
+        self.publisher = None;
+        self
+    }
+
+    /// This manifest with a placement salt and its publisher's identity (format version 3).
+    pub fn published(
+        mut self,
+        salt: [u8; SALT_LEN],
+        publisher: Vec<u8>,
+    ) -> Result<Self, ManifestError> {
         self.version = MANIFEST_VERSION;
         self.salt = Some(salt.to_vec());
-        self
+        self.publisher = Some(publisher);
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The publisher's identity, if the manifest names one (version 3).
+    pub fn publisher(&self) -> Option<&[u8]> {
+        self.publisher.as_deref()
     }
 
     /// The placement salt, if any.
@@ -181,20 +211,33 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), ManifestError> {
-        match (self.version, &self.salt) {
-            (MANIFEST_VERSION_UNSALTED, None) => {}
-            (MANIFEST_VERSION, Some(s)) if s.len() == SALT_LEN => {}
-            (MANIFEST_VERSION, _) => {
-                return Err(ManifestError::Decode(format!(
-                    "version {MANIFEST_VERSION} needs a {SALT_LEN}-byte salt"
-                )));
+        let salt_ok = self.salt.as_ref().is_some_and(|s| s.len() == SALT_LEN);
+        let publisher_ok = self
+            .publisher
+            .as_ref()
+            .is_some_and(|p| (1..=MAX_PUBLISHER_LEN).contains(&p.len()));
+        let bad = |why: String| Err(ManifestError::Decode(why));
+        match self.version {
+            MANIFEST_VERSION_UNSALTED if self.salt.is_none() && self.publisher.is_none() => {}
+            MANIFEST_VERSION_UNSALTED => {
+                return bad(format!(
+                    "version {MANIFEST_VERSION_UNSALTED} has no salt and no publisher"
+                ));
             }
-            (MANIFEST_VERSION_UNSALTED, Some(_)) => {
-                return Err(ManifestError::Decode(format!(
-                    "version {MANIFEST_VERSION_UNSALTED} has no salt"
-                )));
+            MANIFEST_VERSION_SALTED if salt_ok && self.publisher.is_none() => {}
+            MANIFEST_VERSION_SALTED => {
+                return bad(format!(
+                    "version {MANIFEST_VERSION_SALTED} has a {SALT_LEN}-byte salt and no publisher"
+                ));
             }
-            (v, _) => return Err(ManifestError::Version(v)),
+            MANIFEST_VERSION if salt_ok && publisher_ok => {}
+            MANIFEST_VERSION => {
+                return bad(format!(
+                    "version {MANIFEST_VERSION} needs a {SALT_LEN}-byte salt and a publisher of \
+                     1 to {MAX_PUBLISHER_LEN} bytes"
+                ));
+            }
+            v => return Err(ManifestError::Version(v)),
         }
         if self.codec != CODEC_RS_GF8 {
             return Err(ManifestError::Codec(self.codec.clone()));

@@ -11,8 +11,8 @@ use std::sync::LazyLock;
 use cairn_erasure::ids::{BLAKE3, DAG_CBOR, RAW, manifest_cid_from_digest};
 use cairn_erasure::layout::{MAX_SHARDS, MAX_STRIPE_SIZE, MIN_STRIPE_SIZE};
 use cairn_erasure::manifest::{
-    CODEC_RS_GF8, MANIFEST_VERSION, MANIFEST_VERSION_UNSALTED, MAX_MANIFEST_LEN, MAX_PATH_LEN,
-    SALT_LEN,
+    CODEC_RS_GF8, MANIFEST_VERSION, MANIFEST_VERSION_SALTED, MANIFEST_VERSION_UNSALTED,
+    MAX_MANIFEST_LEN, MAX_PATH_LEN, MAX_PUBLISHER_LEN, SALT_LEN,
 };
 use cairn_erasure::verify::group_count;
 use cairn_erasure::{
@@ -352,7 +352,8 @@ fn manifest() -> impl Strategy<Value = Manifest> {
         .prop_map(|(k, m, s)| Layout::new(k, m, s).expect("in range"));
     let files = prop::collection::btree_map(path(), (any::<u64>(), any::<u64>()), 0..5);
     let salt = prop::option::of(any::<[u8; SALT_LEN]>());
-    (layout, files, salt).prop_map(|(layout, files, salt)| {
+    let publisher = prop::option::of(prop::collection::vec(any::<u8>(), 1..=MAX_PUBLISHER_LEN));
+    (layout, files, salt, publisher).prop_map(|(layout, files, salt, publisher)| {
         let mut out: Vec<FileEntry> = Vec::new();
         for (path, (size, seed)) in files {
             // Nothing may be both a file and a directory: drop what conflicts.
@@ -383,10 +384,12 @@ fn manifest() -> impl Strategy<Value = Manifest> {
             });
         }
         let m = Manifest::new(&layout, out).expect("valid by construction");
-        // Puts through a cluster salt their manifests (format version 2).
-        match salt {
-            Some(s) => m.salted(s),
-            None => m,
+        // Puts through a cluster salt their manifests and name their publisher (format
+        // version 3; version 2 has the salt alone).
+        match (salt, publisher) {
+            (Some(s), Some(p)) => m.published(s, p).expect("a valid publisher"),
+            (Some(s), None) => m.salted(s),
+            (None, _) => m,
         }
     })
 }
@@ -396,10 +399,19 @@ fn manifest() -> impl Strategy<Value = Manifest> {
 fn check_manifest(bytes: &[u8], m: &Manifest) -> Result<(), TestCaseError> {
     prop_assert!(bytes.len() <= MAX_MANIFEST_LEN);
     match m.version {
-        MANIFEST_VERSION_UNSALTED => prop_assert!(m.salt.is_none()),
+        MANIFEST_VERSION_UNSALTED => {
+            prop_assert!(m.salt.is_none());
+            prop_assert!(m.publisher.is_none());
+        }
+        MANIFEST_VERSION_SALTED => {
+            prop_assert_eq!(m.salt.as_ref().map(Vec::len), Some(SALT_LEN));
+            prop_assert!(m.publisher.is_none());
+        }
         v => {
             prop_assert_eq!(v, MANIFEST_VERSION);
             prop_assert_eq!(m.salt.as_ref().map(Vec::len), Some(SALT_LEN));
+            let p = m.publisher.as_ref().map_or(0, Vec::len);
+            prop_assert!((1..=MAX_PUBLISHER_LEN).contains(&p));
         }
     }
     prop_assert_eq!(m.codec.as_str(), CODEC_RS_GF8);

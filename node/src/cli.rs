@@ -43,7 +43,9 @@ pub enum Command {
     Put {
         /// File or folder to upload.
         path: PathBuf,
-        /// Name recorded with the pin (default: the file or folder name).
+        /// Name of the checkpoint (`model` or `org/model`): recorded with the pin and pointed
+        /// at the new root in the node's name table, where the HF endpoint (`/hf`) serves it
+        /// as a repository. Without it, the file or folder name is recorded with the pin only.
         #[arg(long)]
         name: Option<String>,
         /// Data shards per stripe (default: the node's).
@@ -102,7 +104,16 @@ pub enum Command {
         /// Byte range of --file, inclusive: `a-b`, `a-` or `-n` (last n bytes).
         #[arg(long, requires = "file")]
         range: Option<String>,
+        /// Read only this tensor of a safetensors file (of --file, else the checkpoint's
+        /// file that has it); repeat for several (then --output is a folder, one file per
+        /// tensor). Only the shard pieces the tensor covers are fetched.
+        #[arg(long, conflicts_with = "range")]
+        tensor: Vec<String>,
     },
+    /// Point a name (`org/model`) of the node's name table at a root CID.
+    Tag { name: String, cid: String },
+    /// List the node's names, or one name with its history.
+    Names { name: Option<String> },
     /// List pinned checkpoints.
     Ls,
     /// Show a checkpoint's stripes, shards and health.
@@ -111,9 +122,23 @@ pub enum Command {
         /// Read and hash every shard instead of only checking presence.
         #[arg(long)]
         verify: bool,
+        /// Ask every live member which shards it holds: per stripe, how many are intact and
+        /// reachable (the full answer, with holders, is GET .../stat?network=true).
+        #[arg(long, conflicts_with = "verify")]
+        network: bool,
     },
-    /// Unpin a checkpoint and free the shards nothing else uses.
-    Rm { cid: String },
+    /// Unpin a checkpoint and free the shards nothing else uses; refused while a deal this
+    /// node accepted still runs on it.
+    Rm {
+        cid: String,
+        /// Delete it from every node of the network: this node must be its publisher; its
+        /// deals on the checkpoint are ended first (unused escrow refunded).
+        #[arg(long)]
+        network: bool,
+        /// Unpin here even under a running deal (its proofs then fail and are slashed).
+        #[arg(long, conflicts_with = "network")]
+        force: bool,
+    },
     /// Write a synthetic model folder (safetensors + JSON files).
     Sample {
         dir: PathBuf,
@@ -186,6 +211,8 @@ pub enum NodeCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Show the node's background jobs (scrubber, sweepers): state, progress, last error.
+    Jobs,
     /// Print the node's peer id (what `network.members` lists), creating its identity in the
     /// data directory if it has none yet.
     Id {

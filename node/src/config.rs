@@ -25,6 +25,21 @@ pub const DEFAULT_PEER_PENDING_BYTES: u64 = 32 << 30;
 pub const DEFAULT_MAX_UPLOADS_PER_PEER: usize = 8;
 /// Default time a share pushed by another gateway may stay without a deal (with a chain).
 pub const DEFAULT_UNPAID_GRACE_SECS: u64 = 24 * 3600;
+/// Scrub rate: 32 MiB/s re-reads 1 TiB in about 9 hours, a small share of a disk's time.
+pub const DEFAULT_SCRUB_MIB_PER_S: u64 = 32;
+/// A scrub pass starts every 30 days (Garage: 25-35 days).
+pub const DEFAULT_SCRUB_INTERVAL_SECS: u64 = 30 * 24 * 3600;
+/// Repair traffic at most 16 MiB/s per node (fetches to rebuild and pushes of rebuilt shards).
+pub const DEFAULT_REPAIR_MIB_PER_S: u64 = 16;
+/// A repair round (a survey of the stripes held here) every 10 minutes.
+pub const DEFAULT_REPAIR_INTERVAL_SECS: u64 = 600;
+/// A stripe is repaired after it stayed below its threshold for an hour: a node restarting or
+/// briefly offline costs no repair traffic.
+pub const DEFAULT_REPAIR_GRACE_SECS: u64 = 3600;
+/// A stripe two shards short is repaired without waiting out the grace: two holders out at
+/// once is rarely a restart, and the durability simulator shows the hour waited is what
+/// decides whether (10,4) keeps 11 nines (ARCHITECTURE.md, "Durability, simulated").
+pub const DEFAULT_REPAIR_URGENT_MISSING: u8 = 2;
 /// Environment variable that overrides `node.api_token`.
 pub const API_TOKEN_ENV: &str = "CAIRN_API_TOKEN";
 
@@ -76,6 +91,11 @@ pub struct StorageSection {
     /// With a chain: seconds a share another gateway pushed here is kept without a deal this
     /// node was offered or accepted; then it is freed (unless kept through this node's API).
     pub unpaid_grace_secs: u64,
+    /// Rate at which the scrubber re-reads and verifies the shards held here, in MiB/s
+    /// (0: never scrub). A shard found corrupt or missing is rebuilt from its stripe.
+    pub scrub_mib_per_s: u64,
+    /// Seconds between the starts of two scrub passes over every shard.
+    pub scrub_interval_secs: u64,
 }
 
 /// `[erasure]`: defaults for uploads that do not choose their own.
@@ -179,6 +199,38 @@ impl ChainSection {
     }
 }
 
+/// `[repair]`: rebuilding the shards of stripes whose holders are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepairSection {
+    /// Repair traffic (shards fetched to rebuild a stripe, rebuilt shards pushed) in MiB/s
+    /// at most (0: never repair).
+    pub mib_per_s: u64,
+    /// Seconds between two repair rounds (each surveys the stripes this node holds a shard
+    /// of, one batched query per live member).
+    pub interval_secs: u64,
+    /// Seconds a stripe must stay below its threshold before it is repaired.
+    pub grace_secs: u64,
+    /// Repair a stripe when fewer than this many of its shards are intact and reachable,
+    /// clamped to k + 1 ..= k + m (0: k + m, repair any loss that outlasts the grace).
+    pub threshold: u8,
+    /// Repair a stripe missing this many shards or more at once, without the grace (0:
+    /// always wait out the grace).
+    pub urgent_missing: u8,
+}
+
+impl Default for RepairSection {
+    fn default() -> Self {
+        Self {
+            mib_per_s: DEFAULT_REPAIR_MIB_PER_S,
+            interval_secs: DEFAULT_REPAIR_INTERVAL_SECS,
+            grace_secs: DEFAULT_REPAIR_GRACE_SECS,
+            threshold: 0,
+            urgent_missing: DEFAULT_REPAIR_URGENT_MISSING,
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -188,6 +240,7 @@ pub struct NodeConfig {
     pub erasure: ErasureSection,
     pub network: NetworkSection,
     pub chain: ChainSection,
+    pub repair: RepairSection,
 }
 
 impl Default for NodeSection {
@@ -212,6 +265,8 @@ impl Default for StorageSection {
             peer_pending_bytes: DEFAULT_PEER_PENDING_BYTES,
             max_uploads_per_peer: DEFAULT_MAX_UPLOADS_PER_PEER,
             unpaid_grace_secs: DEFAULT_UNPAID_GRACE_SECS,
+            scrub_mib_per_s: DEFAULT_SCRUB_MIB_PER_S,
+            scrub_interval_secs: DEFAULT_SCRUB_INTERVAL_SECS,
         }
     }
 }

@@ -178,8 +178,10 @@ impl Node {
                 max_sessions_per_peer: config.storage.max_uploads_per_peer,
             },
             Arc::clone(&stats),
+            chain.clone(),
         );
         tasks.spawn(server.run(cancel.clone()));
+        let jobs = crate::worker::Jobs::new(metrics.jobs.clone());
         let publisher = match chain {
             Some(c) => {
                 let poll = std::time::Duration::from_millis(config.chain.poll_ms);
@@ -198,8 +200,9 @@ impl Node {
                     store: store.clone(),
                     grace: std::time::Duration::from_secs(config.storage.unpaid_grace_secs),
                     metrics: metrics.proofs.clone(),
+                    freed: 0,
                 };
-                tasks.spawn(sweeper.run(cancel.clone()));
+                crate::worker::spawn(&mut tasks, &jobs, sweeper, cancel.clone());
                 Some(crate::chain::publish::Publisher {
                     chain: c,
                     deal_epochs: config.chain.deal_epochs,
@@ -216,6 +219,30 @@ impl Node {
             allow_colocation: config.network.allow_colocation,
             membership,
         };
+        if config.storage.scrub_mib_per_s > 0 {
+            let scrubber = crate::scrub::Scrubber::new(
+                store.clone(),
+                cluster.clone(),
+                config.storage.scrub_mib_per_s,
+                std::time::Duration::from_secs(config.storage.scrub_interval_secs),
+                metrics.scrub.clone(),
+            );
+            crate::worker::spawn(&mut tasks, &jobs, scrubber, cancel.clone());
+        }
+        if config.repair.mib_per_s > 0 {
+            let repairer = crate::repair::Repairer::new(
+                cluster.clone(),
+                crate::repair::policy::RepairPolicy {
+                    threshold: config.repair.threshold,
+                    grace: std::time::Duration::from_secs(config.repair.grace_secs),
+                    urgent: config.repair.urgent_missing,
+                },
+                std::time::Duration::from_secs(config.repair.interval_secs),
+                config.repair.mib_per_s,
+                metrics.repair.clone(),
+            );
+            crate::worker::spawn(&mut tasks, &jobs, repairer, cancel.clone());
+        }
         let token = match config.node.configured_token() {
             t if !t.is_empty() => t,
             _ => crate::api::auth::load_or_create_token(&config.node.data_dir)?,
@@ -241,6 +268,8 @@ impl Node {
                 http_addr,
                 &config.node.allowed_hosts,
             )),
+            tensors: Default::default(),
+            jobs,
         };
         let stop = cancel.clone();
         tasks.spawn(async move {

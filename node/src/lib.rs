@@ -11,4 +11,8 @@ pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod private_file;
+pub mod repair;
+pub mod safetensors;
 pub mod sample;
+pub mod scrub;
+pub mod worker;

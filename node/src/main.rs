@@ -46,6 +46,24 @@ async fn main() -> Result<()> {
     }
     match cli.command {
         Command::Node {
+            command: NodeCommand::Jobs,
+        } => {
+            let jobs = client.json("/v1/jobs").await?;
+            for j in jobs.as_array().into_iter().flatten() {
+                println!(
+                    "{:<14} {:<12} {:>8} steps {:>4} errors  {}",
+                    j["name"].as_str().unwrap_or("?"),
+                    j["state"].as_str().unwrap_or("?"),
+                    j["steps"],
+                    j["errors"],
+                    j["progress"].as_str().unwrap_or("")
+                );
+                if let Some(e) = j["last_error"].as_str() {
+                    println!("{:<14} last error: {e}", "");
+                }
+            }
+        }
+        Command::Node {
             command: NodeCommand::Id { config },
         } => {
             let cfg = load_config(config.as_deref())?;
@@ -77,6 +95,7 @@ async fn main() -> Result<()> {
         } => {
             let t = Instant::now();
             let opts = PutOptions {
+                tag: name.clone(),
                 name,
                 k,
                 m,
@@ -114,7 +133,22 @@ async fn main() -> Result<()> {
                         .unwrap_or_default()
                 );
             }
+            if let Some(t) = &a.tag {
+                eprintln!("name {t} now points at this root");
+            }
             println!("{}", a.root);
+        }
+        Command::Tag { name, cid } => {
+            let a = client.tag(&name, &cid).await?;
+            println!("{} -> {}", a.name, a.root);
+        }
+        Command::Names { name } => {
+            for n in client.names(name.as_deref()).await? {
+                println!("{}  {}  set {}", n.name, n.root, n.set);
+                for r in &n.history {
+                    println!("  earlier {}  set {}", r.root, r.set);
+                }
+            }
         }
         Command::Log { cid } => {
             let records = client.lineage(&cid).await?;
@@ -177,8 +211,13 @@ async fn main() -> Result<()> {
             output,
             file,
             range,
+            tensor,
         } => {
             let t = Instant::now();
+            if !tensor.is_empty() {
+                get_tensors(&client, &cid, file.as_deref(), &tensor, output.as_deref()).await?;
+                return Ok(());
+            }
             match file {
                 Some(file) => {
                     let range = range
@@ -234,7 +273,47 @@ async fn main() -> Result<()> {
                 );
             }
         }
-        Command::Stat { cid, verify } => {
+        Command::Stat {
+            cid, network: true, ..
+        } => {
+            let v = client
+                .json(&format!("/v1/checkpoints/{cid}/stat?network=true"))
+                .await?;
+            let unreachable = v["unreachable"].as_array().map_or(0, Vec::len);
+            println!(
+                "{cid}: {}, {} stripes, at least {} of {} shards intact per stripe \
+                 ({} members asked, {unreachable} unreachable)",
+                v["health"].as_str().unwrap_or("?"),
+                v["stripes"],
+                v["min_intact"],
+                v["k"].as_u64().unwrap_or(0) + v["m"].as_u64().unwrap_or(0),
+                v["members_asked"],
+            );
+            for s in v["stripe_health"].as_array().into_iter().flatten() {
+                if s["state"] != "healthy" {
+                    let missing: Vec<usize> = s["holders"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                        .filter(|(_, h)| h.as_array().is_none_or(Vec::is_empty))
+                        .map(|(i, _)| i)
+                        .collect();
+                    println!(
+                        "  {} stripe {}: {}, {} of {} intact, missing shards {missing:?}",
+                        s["path"].as_str().unwrap_or("?"),
+                        s["stripe"],
+                        s["state"].as_str().unwrap_or("?"),
+                        s["intact"],
+                        s["total"]
+                    );
+                }
+            }
+            if v["health"] == "unrecoverable" {
+                bail!("checkpoint {cid} has stripes that cannot be reconstructed");
+            }
+        }
+        Command::Stat { cid, verify, .. } => {
             let v = client
                 .json(&format!("/v1/checkpoints/{cid}/stat?verify={verify}"))
                 .await?;
@@ -243,9 +322,36 @@ async fn main() -> Result<()> {
                 bail!("checkpoint {cid} has stripes that cannot be reconstructed");
             }
         }
-        Command::Rm { cid } => {
-            let v = client.rm(&cid).await?;
-            println!("unpinned {cid}, freed {} shards", v["freed_shards"]);
+        Command::Rm {
+            cid,
+            network,
+            force,
+        } => {
+            let v = client.rm(&cid, network, force).await?;
+            if network {
+                let nodes = v["nodes"].as_object().cloned().unwrap_or_default();
+                let count = |r: &str| nodes.values().filter(|a| a["result"] == r).count();
+                println!(
+                    "deleted {cid} from the network: {} shards freed on {} nodes ({} held none); \
+                     deals terminated {}, cancelled {}, {} wei refunded",
+                    v["freed_shards"],
+                    count("freed"),
+                    count("not_held"),
+                    v["deals_terminated"].as_array().map_or(0, Vec::len),
+                    v["deals_cancelled"].as_array().map_or(0, Vec::len),
+                    v["refunded_wei"].as_str().unwrap_or("0")
+                );
+                for (peer, a) in &nodes {
+                    if let Some(why) = a["reason"].as_str() {
+                        eprintln!("  {peer}: {} ({why})", a["result"].as_str().unwrap_or("?"));
+                    }
+                }
+                if count("refused") + count("unreachable") > 0 {
+                    bail!("some nodes still hold {cid}: see above");
+                }
+            } else {
+                println!("unpinned {cid}, freed {} shards", v["freed_shards"]);
+            }
         }
         Command::Sample { dir, size } => {
             let n = cairn_node::sample::write_sample(&dir, size, 0x5eed)?;
@@ -309,6 +415,56 @@ async fn main() -> Result<()> {
         },
         Command::Demo { size, dir } => demo::run(size, dir, !cli.quiet).await?,
     }
+    Ok(())
+}
+
+/// `cairn get --tensor`: one tensor to a file or stdout, several into a folder.
+async fn get_tensors(
+    client: &Client,
+    cid: &str,
+    file: Option<&str>,
+    names: &[String],
+    output: Option<&std::path::Path>,
+) -> Result<()> {
+    let t = Instant::now();
+    if names.len() > 1 {
+        let Some(dir) = output else {
+            bail!("several --tensor need --output, a folder to write one file per tensor into");
+        };
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for name in names {
+        let f = client.tensor_file(cid, file, name).await?;
+        let read = match output {
+            Some(out) => {
+                let path = if names.len() > 1 {
+                    out.join(name.replace('/', "_"))
+                } else {
+                    out.to_path_buf()
+                };
+                let mut w = tokio::fs::File::create(&path)
+                    .await
+                    .with_context(|| format!("creating {}", path.display()))?;
+                client.read_tensor(cid, &f, name, &mut w).await?
+            }
+            None => {
+                client
+                    .read_tensor(cid, &f, name, &mut tokio::io::stdout())
+                    .await?
+            }
+        };
+        eprintln!(
+            "{name} ({} {:?}, from {}): {} bytes",
+            read.dtype, read.shape, read.file, read.bytes
+        );
+    }
+    eprintln!(
+        "read {} tensors in {:.2}s",
+        names.len(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -214,6 +214,7 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         .registry_changes(params.genesis_block, now)
         .await
         .expect("registry changes");
+    let mut peer_ids = Vec::new();
     for i in 0..NODES {
         let status: serde_json::Value = reqwest::get(format!("{}/v1/status", net.url(i)))
             .await
@@ -226,6 +227,7 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
             .expect("peer id")
             .parse()
             .expect("a peer id");
+        peer_ids.push(id);
         let word = peer_word(&id);
         let m = chain
             .contract()
@@ -510,6 +512,101 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
             .await
             .expect("proven")
     );
+
+    // Cluster-wide delete of ft2, whose publisher is the gateway (node 0).
+    let ft2_cid = cairn_erasure::parse_cid(&ft2).expect("cid");
+    let ft2_word = cairn_node::chain::root_word(&ft2_cid);
+    let ft2_deals: Vec<_> = deals
+        .iter()
+        .filter(|d| d.checkpoint == ft2_word)
+        .cloned()
+        .collect();
+    let live = |i: usize| i != stopped;
+    let holder = (1..NODES)
+        .find(|&i| live(i) && i != bad && ft2_deals.iter().any(|d| d.node == net.account(i)))
+        .expect("a live node under a deal on ft2");
+    let rm = |node: usize, extra: &[&str]| {
+        let url = net.url(node);
+        let mut args = vec!["--node", url.as_str(), "rm", ft2.as_str()];
+        args.extend_from_slice(extra);
+        Command::new(BIN)
+            .args(&args)
+            .env("CAIRN_DEVNET_DIR", &net.dir)
+            .output()
+            .expect("run cairn")
+    };
+    // A holder refuses a local unpin of data under its running deal, and says why.
+    let out = rm(holder, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a local unpin under a deal went through"
+    );
+    assert!(
+        err.contains("deal_running") && err.contains("runs until epoch"),
+        "{err}"
+    );
+    // Nobody but the publisher deletes it from the network.
+    let out = rm(holder, &["--network"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a non-publisher deleted ft2");
+    assert!(err.contains("not_publisher"), "{err}");
+    let ft2_manifest = manifest_of(&gateway, &ft2).await;
+    let mut kept = false;
+    for cid in ft2_manifest.shard_cids() {
+        kept |= holds(&net.url(holder), &cid.to_string()).await;
+    }
+    assert!(kept, "a refused unpin freed the holder's shards of ft2");
+    // The publisher: its deals on ft2 end with a refund, every live holder frees its shards;
+    // only the stopped node cannot answer.
+    let delete_block = chain.block_number().await.expect("block");
+    let out = rm(0, &["--network"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains(&format!("deleted {ft2} from the network")),
+        "{stdout}\n{stderr}"
+    );
+    for line in stderr.lines().filter(|l| l.starts_with("  ")) {
+        assert!(
+            line.contains(&peer_ids[stopped].to_string()),
+            "a live node did not delete ft2: {line}"
+        );
+    }
+    for i in (0..NODES).filter(|&i| live(i)) {
+        for cid in ft2_manifest.shard_cids() {
+            assert!(
+                !holds(&net.url(i), &cid.to_string()).await,
+                "node {i} still holds shard {cid} of the deleted checkpoint"
+            );
+        }
+    }
+    let terminated = logs::<CairnStorage::DealTerminated>(&chain, delete_block).await;
+    let now = params.epoch_of(chain.block_number().await.expect("block"));
+    for d in &ft2_deals {
+        let after = chain.deal(d.id).await.expect("deal");
+        assert!(!after.runs_in(now), "deal {} still runs", d.id);
+        let t = terminated
+            .iter()
+            .find(|(_, e)| e.id.to::<u64>() == d.id)
+            .unwrap_or_else(|| panic!("deal {} was not terminated", d.id));
+        assert!(t.1.refund > U256::ZERO, "deal {} refunded nothing", d.id);
+    }
+    // The holders prove on without the deleted data: none of them is slashed for it.
+    wait_block(
+        &chain,
+        params.epoch_start(now + 2) + params.proof_window + 1,
+    )
+    .await;
+    let slashed = logs::<CairnStorage::Slashed>(&chain, delete_block).await;
+    for (_, e) in &slashed {
+        let i = net.node_index(e.node);
+        assert!(
+            i == stopped || i == bad,
+            "node {i} was slashed after the delete (epoch {})",
+            e.epoch
+        );
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -846,6 +846,81 @@ async fn deals_need_a_published_checkpoint_payment_and_the_nodes_consent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_deal_refunds_the_epochs_it_no_longer_runs() {
+    let env = Env::new().await;
+    register(&env, 1).await;
+    let c = tree_of(&data(1, 3)).commitment();
+    let id = deal(&env, 5, 1, word(4), c, 5).await;
+    let cl = env.as_(5);
+    let k = cl.contract();
+    // Only a running deal can be terminated, and only by its client.
+    refused(
+        send(&cl, k.terminateDeal(U256::from(id))).await,
+        "DealNotActive",
+    );
+    let n = env.as_(1);
+    send(&n, n.contract().acceptDeal(U256::from(id)))
+        .await
+        .expect("accept");
+    refused(
+        send(&n, n.contract().terminateDeal(U256::from(id))).await,
+        "NotDealClient",
+    );
+    let params = n.params().await.expect("params");
+    let start = n.deal(id).await.expect("deal").start;
+    // Two epochs in: it keeps those two, the client gets three epochs' escrow back at once.
+    env.mine_to(params.epoch_start(start + 2) + 1).await;
+    let r = send(&cl, k.terminateDeal(U256::from(id)))
+        .await
+        .expect("terminate");
+    let ev = r
+        .inner
+        .logs()
+        .iter()
+        .find_map(|l| l.log_decode::<CairnStorage::DealTerminated>().ok())
+        .expect("event")
+        .inner
+        .data
+        .clone();
+    assert_eq!(ev.keptEpochs, 2);
+    assert_eq!(ev.refund, U256::from(3_000_000u64));
+    assert_eq!(
+        k.owed(env.addr(5)).call().await.expect("owed"),
+        U256::from(3_000_000u64)
+    );
+    let now = n.deal(id).await.expect("deal");
+    assert_eq!(now.epochs, 2);
+    assert!(!now.runs_in(start + 2));
+    // Nothing from the current epoch on is challenged or can be reported missed.
+    let ch = k
+        .challenge(env.addr(1), start + 2, U256::ZERO)
+        .call()
+        .await
+        .expect("challenge");
+    assert_eq!(ch.dealId, U256::ZERO);
+    env.mine_to(params.epoch_start(start + 3) + WINDOW + 1)
+        .await;
+    refused(
+        send(&cl, k.reportMissed(env.addr(1), start + 2, U256::from(id))).await,
+        "DealNotActive",
+    );
+    refused(
+        send(&cl, k.terminateDeal(U256::from(id))).await,
+        "DealNotActive",
+    );
+    // The two kept epochs settle as usual (neither proven: refunded too).
+    send(&cl, k.settle(U256::from(id), 10))
+        .await
+        .expect("settle");
+    assert_eq!(k.totalEscrow().call().await.expect("escrow"), U256::ZERO);
+    assert_eq!(
+        k.owed(env.addr(5)).call().await.expect("owed"),
+        U256::from(5_000_000u64)
+    );
+    env.check_accounting(&env.anvil.addresses()[..8]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_pay_per_proven_epoch_and_missed_epochs_are_slashed_once() {
     let env = Env::new().await;
     register(&env, 1).await;

@@ -6,18 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use cairn_erasure::Manifest;
 use cairn_storage::{Backend, RocksBackend, RocksOptions};
-use common::{NodeProc, assert_same_tree, ok};
-
-fn manifest_of(node: &NodeProc, root: &str) -> Manifest {
-    let out = Command::new("curl")
-        .args(["-sS", "-H", "accept: application/vnd.ipld.dag-cbor"])
-        .arg(format!("{}/v1/checkpoints/{root}", node.url))
-        .output()
-        .expect("curl");
-    Manifest::decode(&out.stdout).expect("manifest decodes")
-}
+use common::{NodeProc, assert_same_tree, manifest_of, ok};
 
 /// Acceptance 2: a real model folder goes in with `cairn put` and comes back byte-identical
 /// with `cairn get`; a range read matches `curl -r` and the source bytes.

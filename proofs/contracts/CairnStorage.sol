@@ -113,6 +113,7 @@ contract CairnStorage {
     );
     event DealAccepted(uint256 indexed id, address indexed node, uint64 startEpoch, uint64 endEpoch);
     event DealCancelled(uint256 indexed id);
+    event DealTerminated(uint256 indexed id, uint64 keptEpochs, uint256 refund);
     event EpochProven(address indexed node, uint64 indexed epoch, uint256 samples);
     event DealSettled(uint256 indexed id, uint64 paidEpochs, uint64 refundedEpochs);
     event Slashed(address indexed node, uint64 indexed epoch, address indexed reporter, uint256 amount, uint256 reward);
@@ -389,6 +390,25 @@ contract CairnStorage {
         totalEscrow -= total;
         _credit(d.client, total);
         emit DealCancelled(id);
+    }
+
+    /// The client ends a running deal (it deletes the checkpoint): the deal keeps the epochs
+    /// before the current one (and any already settled), so nothing from the current epoch
+    /// on is challenged or can be reported missed, and the escrow of the epochs cut is
+    /// refunded to the client at once. The kept epochs are settled as usual.
+    function terminateDeal(uint256 id) external {
+        Deal storage d = _deal(id);
+        if (d.client != msg.sender) revert NotDealClient();
+        if (d.state != ACTIVE) revert DealNotActive();
+        uint64 now_ = currentEpoch();
+        uint64 keep = now_ > d.start ? now_ - d.start : 0;
+        if (keep < d.settled) keep = d.settled;
+        if (keep >= d.epochs) revert DealNotActive();
+        uint256 refund = uint256(d.epochs - keep) * d.pricePerEpoch;
+        d.epochs = uint32(keep);
+        totalEscrow -= refund;
+        _credit(d.client, refund);
+        emit DealTerminated(id, keep, refund);
     }
 
     /// The node agrees to prove the deal from the next epoch on. Only after this can a

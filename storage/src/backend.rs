@@ -27,6 +27,16 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), BackendError> {
+        self.scan_from(prefix, prefix, visit)
+    }
+    /// [`scan`](Self::scan) from the first key `>= from` (a long walk resumes where it
+    /// stopped without visiting what it already saw).
+    fn scan_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError>;
 
     /// Store blob bytes under `key` (replacing any).
@@ -68,12 +78,13 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     fn write(&self, batch: Vec<BatchOp>, durable: bool) -> Result<(), BackendError> {
         (**self).write(batch, durable)
     }
-    fn scan(
+    fn scan_from(
         &self,
         prefix: &[u8],
+        from: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
-        (**self).scan(prefix, visit)
+        (**self).scan_from(prefix, from, visit)
     }
     fn put_blob(&self, key: &[u8], data: &[u8]) -> Result<(), BackendError> {
         (**self).put_blob(key, data)

@@ -17,5 +17,6 @@ pub use error::{BackendError, CommitError, OpenError, PutError, ReadError, Unpin
 pub use mem::MemBackend;
 pub use rocks::{RocksBackend, RocksOptions, ValueMode};
 pub use store::{
-    CheckpointInfo, PutSession, ShardStatus, Store, StoreStats, record_charge, shard_charge,
+    CheckpointInfo, MAX_NAME_HISTORY, MAX_NAME_LEN, NameEntry, NameError, PutSession, ScrubState,
+    ShardPlace, ShardStatus, Store, StoreStats, check_name, record_charge, shard_charge,
 };

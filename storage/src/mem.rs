@@ -65,16 +65,18 @@ impl Backend for MemBackend {
         Ok(())
     }
 
-    fn scan(
+    fn scan_from(
         &self,
         prefix: &[u8],
+        from: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
+        let from = if from < prefix { prefix } else { from };
         // Copy out first: `visit` may call back into the backend (RocksDB allows that too).
         let entries: Vec<(Vec<u8>, Vec<u8>)> = {
             let index = self.index.lock().expect("mem backend lock");
             index
-                .range(prefix.to_vec()..)
+                .range(from.to_vec()..)
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()

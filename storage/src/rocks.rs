@@ -231,14 +231,16 @@ impl Backend for RocksBackend {
         self.db.write_opt(wb, &wo).map_err(rocks)
     }
 
-    fn scan(
+    fn scan_from(
         &self,
         prefix: &[u8],
+        from: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
+        let from = if from < prefix { prefix } else { from };
         for item in self
             .db
-            .iterator(IteratorMode::From(prefix, Direction::Forward))
+            .iterator(IteratorMode::From(from, Direction::Forward))
         {
             let (k, v) = item.map_err(rocks)?;
             if !k.starts_with(prefix) || !visit(&k, &v) {

@@ -8,6 +8,11 @@ use tracing::{debug, warn};
 use crate::backend::{Backend, BatchOp};
 use crate::error::{BackendError, CommitError, OpenError, PutError, ReadError, UnpinError};
 
+mod names;
+mod scrub;
+pub use names::{MAX_NAME_HISTORY, MAX_NAME_LEN, NameEntry, NameError, check_name};
+pub use scrub::{ScrubState, ShardPlace};
+
 /// How many shards of a stripe [`PutSession::put_stripe`] writes at once. Measured on a
 /// virtio disk (ARCHITECTURE.md): files written and synced one at a time reached half the
 /// device's write speed; eight at once reach it.

@@ -256,6 +256,9 @@ pub(super) struct StatQuery {
     /// Read and hash every shard instead of only checking presence.
     #[serde(default)]
     verify: bool,
+    /// Ask every live member which shards it holds instead of reporting this node's share.
+    #[serde(default)]
+    network: bool,
 }
 
 /// A shard's state here: verified (`verify`) or only checked for presence.
@@ -280,6 +283,9 @@ pub(super) async fn stat<B: Backend>(
     Query(q): Query<StatQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let root = root_of(&cid)?;
+    if q.network {
+        return super::health::network_stat(&s, root).await;
+    }
     let store = s.store.clone();
     blocking(move || {
         let (m, complete) = store.manifest_entry(&root)?;

@@ -27,8 +27,15 @@ use crate::metrics::{Metrics, RouteLabels, RouteOnly};
 use crate::pipeline::{FileReader, GetError, IngestError, Upload, ingest};
 
 pub mod auth;
+mod body;
+mod delete;
+mod health;
+pub mod hf;
 mod info;
+pub mod names;
 mod read;
+pub mod routes;
+pub mod tensors;
 mod write;
 
 pub use info::LineageEntry;
@@ -59,6 +66,10 @@ pub struct AppState<B: Backend> {
     pub metrics: Metrics,
     /// Who may call what (token, Host names).
     pub access: Arc<auth::Access>,
+    /// Safetensors headers read recently (tensor reads).
+    pub tensors: Arc<tensors::HeaderCache>,
+    /// The node's background jobs and their status.
+    pub jobs: crate::worker::Jobs,
 }
 
 impl<B: Backend> Clone for AppState<B> {
@@ -73,35 +84,17 @@ impl<B: Backend> Clone for AppState<B> {
             publisher: self.publisher.clone(),
             metrics: self.metrics.clone(),
             access: Arc::clone(&self.access),
+            tensors: Arc::clone(&self.tensors),
+            jobs: self.jobs.clone(),
         }
     }
 }
 
-/// Routes of the v1 API.
+/// The node's HTTP API: the v1 routes, the HF-compatible ones under `/hf`, and metrics
+/// ([`routes::table`] lists them; `GET /v1/openapi.json` describes them).
 pub fn router<B: Backend>(state: AppState<B>) -> Router {
-    Router::new()
-        .route("/v1/status", get(info::status::<B>))
-        .route(
-            "/v1/checkpoints",
-            post(write::put_checkpoint::<B>).get(info::list::<B>),
-        )
-        .route(
-            "/v1/checkpoints/{cid}",
-            get(info::manifest::<B>).delete(write::unpin::<B>),
-        )
-        .route("/v1/checkpoints/{cid}/stat", get(info::stat::<B>))
-        .route("/v1/checkpoints/{cid}/keep", post(write::keep::<B>))
-        .route("/v1/checkpoints/{cid}/lineage", get(info::lineage::<B>))
-        .route("/v1/shards/{cid}", get(info::shard_status::<B>))
-        .route(
-            "/v1/checkpoints/{cid}/files/{*path}",
-            get(read::get_file::<B>),
-        )
-        .route(
-            "/v1/manifests",
-            post(write::import_manifest::<B>).layer(DefaultBodyLimit::max(MAX_MANIFEST_LEN)),
-        )
-        .route("/metrics", get(metrics::<B>))
+    routes::table::<B>()
+        .router
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             track::<B>,
@@ -110,8 +103,28 @@ pub fn router<B: Backend>(state: AppState<B>) -> Router {
             state.clone(),
             auth::check_host::<B>,
         ))
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn(log_request))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Every request, at debug level (`RUST_LOG=cairn_node::api=debug`): method, path, status.
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "http request");
+    resp
+}
+
+/// A path no route serves.
+async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!("no route serves {method} {}", uri.path()),
+    )
 }
 
 /// Count and time every request by route (the matched pattern, not the raw path).

@@ -1,4 +1,4 @@
-//! Writes: uploads, manifest imports and unpins.
+//! Writes: uploads, manifest imports and keeps (unpins are in `delete`).
 
 use super::*;
 /// Query of an upload.
@@ -13,6 +13,8 @@ pub struct PutQuery {
     stripe_size: Option<u64>,
     /// Root CID of the checkpoint this one derives from (recorded on chain).
     parent: Option<String>,
+    /// Also point this name (`org/model`) of the node's name table at the new root.
+    tag: Option<String>,
 }
 
 /// Answer to a successful upload.
@@ -23,6 +25,9 @@ pub struct PutAnswer {
     pub size: u64,
     pub stripes: u64,
     pub shards: u64,
+    /// The name now pointing at `root` (when the upload asked for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// Provenance record and deals, when the node is on a chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<crate::chain::publish::ChainReport>,
@@ -60,6 +65,10 @@ pub(super) async fn put_checkpoint<B: Backend>(
         Some(p) => Some(root_of(p)?),
         None => None,
     };
+    // A bad name is refused before any byte is read, not after the upload.
+    if let Some(t) = &q.tag {
+        cairn_storage::check_name(t)?;
+    }
     let is_tar = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -181,6 +190,12 @@ pub(super) async fn put_checkpoint<B: Backend>(
         }
         None => None,
     };
+    if let Some(t) = q.tag.clone() {
+        let store = s.store.clone();
+        let now = crate::pipeline::now_unix();
+        blocking(move || Ok(store.set_name(&t, &root, now)?)).await?;
+        tracing::info!(name = %q.tag.as_deref().unwrap_or(""), %root, "name set");
+    }
     let size = manifest.total_size();
     s.metrics.http.put_bytes.inc_by(size);
     let stripes: u64 = manifest.files.iter().map(|f| f.stripes.len() as u64).sum();
@@ -192,6 +207,7 @@ pub(super) async fn put_checkpoint<B: Backend>(
         size,
         stripes,
         shards: stripes * layout.total() as u64,
+        tag: q.tag,
         chain,
     }))
 }
@@ -236,31 +252,11 @@ pub(super) async fn import_manifest<B: Backend>(
             size: manifest.total_size(),
             stripes,
             shards: manifest.shard_cids().count() as u64,
+            tag: None,
             chain: None,
         }))
     })
     .await
-}
-
-pub(super) async fn unpin<B: Backend>(
-    _: auth::Writer,
-    State(s): State<AppState<B>>,
-    Path(cid): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let root = root_of(&cid)?;
-    let store = s.store.clone();
-    let freed = blocking(move || {
-        store.unpin(&root).map_err(|e| match e {
-            UnpinError::NotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-            }
-            e => ApiError::internal(e.to_string()),
-        })
-    })
-    .await?;
-    Ok(Json(
-        json!({"root": root.to_string(), "freed_shards": freed}),
-    ))
 }
 
 /// Keep a share this node holds whether or not a deal pays for it (the operator's pin).

@@ -3,6 +3,7 @@
 //! their logic is testable without one; [`Chain`] is the real implementation.
 
 pub mod deals;
+pub mod ending;
 pub mod prover;
 pub mod publish;
 pub mod registry;

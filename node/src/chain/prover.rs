@@ -2,7 +2,7 @@
 //! node stores, and each epoch proves its challenged leaves, early in the window, only with
 //! proofs it has verified itself. The watcher reports other nodes' missed epochs.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -308,6 +308,21 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         sampled.truncate(n);
         let seed = self.chain.epoch_seed(epoch).await?;
         let samples = self.params.samples;
+        // The deals the samples fall on, as the chain has them now: a client may have
+        // terminated one (it deleted the checkpoint), and then it is not to be proven.
+        if !sampled.is_empty() {
+            let hit: BTreeSet<u64> = (0..samples)
+                .map(|j| {
+                    let r = sample_value(&seed, &me.0.0, epoch, j);
+                    sampled[slot(&r, sampled.len() as u64) as usize]
+                })
+                .collect();
+            for id in hit {
+                if let Some(d) = self.held.get_mut(&id) {
+                    d.info = self.chain.deal(id).await?;
+                }
+            }
+        }
         let (store, held) = (self.store.clone(), self.held.clone());
         let built = tokio::task::spawn_blocking(move || {
             build_epoch_proofs(&store, &held, &sampled, &seed, &me, epoch, samples)
@@ -433,30 +448,40 @@ impl<C: ProofChain> Watcher<C> {
     }
 
     async fn check_epoch(&mut self, epoch: u64) -> Result<(), ChainError> {
-        let mut seen = HashSet::new();
-        let running: Vec<(Address, u64)> = self
-            .deals
-            .iter()
-            .filter(|d| d.runs_in(epoch) && seen.insert(d.node))
-            .map(|d| (d.node, d.id))
-            .collect();
-        for (node, deal) in running {
+        // Per node, its deals that ran in `epoch` as last seen.
+        let mut running: BTreeMap<Address, Vec<u64>> = BTreeMap::new();
+        for d in self.deals.iter().filter(|d| d.runs_in(epoch)) {
+            running.entry(d.node).or_default().push(d.id);
+        }
+        for (node, ids) in running {
             if self.chain.is_proven(node, epoch).await?
                 || self.chain.is_slashed(node, epoch).await?
             {
                 continue;
             }
-            match self.chain.report_missed(node, epoch, deal).await {
-                Ok(_) => {
-                    self.metrics.reported.inc();
-                    warn!(%node, epoch, deal, "reported a missed epoch");
+            for deal in ids {
+                // The deal as the chain has it now: its client may have terminated it.
+                let now = self.chain.deal(deal).await?;
+                let runs = now.runs_in(epoch);
+                if let Some(d) = self.deals.iter_mut().find(|d| d.id == deal) {
+                    *d = now;
                 }
-                // Another watcher was first, or the proof landed late in the window.
-                Err(e)
-                    if e.reason().is_some_and(|r| {
-                        r.starts_with("AlreadySlashed") || r.starts_with("EpochWasProven")
-                    }) => {}
-                Err(e) => return Err(e),
+                if !runs {
+                    continue;
+                }
+                match self.chain.report_missed(node, epoch, deal).await {
+                    Ok(_) => {
+                        self.metrics.reported.inc();
+                        warn!(%node, epoch, deal, "reported a missed epoch");
+                    }
+                    // Another watcher was first, or the proof landed late in the window.
+                    Err(e)
+                        if e.reason().is_some_and(|r| {
+                            r.starts_with("AlreadySlashed") || r.starts_with("EpochWasProven")
+                        }) => {}
+                    Err(e) => return Err(e),
+                }
+                break; // once per node and epoch
             }
         }
         Ok(())

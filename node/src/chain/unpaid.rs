@@ -10,7 +10,6 @@ use std::time::Duration;
 use alloy::primitives::B256;
 use cairn_erasure::Cid;
 use cairn_storage::{Backend, CheckpointInfo, Store};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{ProofChain, root_word};
@@ -52,6 +51,8 @@ pub struct UnpaidSweeper<C, B: Backend> {
     pub store: Store<B>,
     pub grace: Duration,
     pub metrics: ProofMetrics,
+    /// Shares freed since start.
+    pub freed: u64,
 }
 
 impl<C: ProofChain, B: Backend> UnpaidSweeper<C, B> {
@@ -83,23 +84,27 @@ impl<C: ProofChain, B: Backend> UnpaidSweeper<C, B> {
         }
         Ok(n)
     }
-
-    /// Sweep every [`SWEEP_EVERY`] until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Err(e) = self.sweep().await {
-                        warn!(error = %e, "unpaid-share sweep failed; trying again later");
-                    }
-                }
-            }
-        }
-    }
 }
 
+/// A background job: one sweep a step, every [`SWEEP_EVERY`] (over the real chain client,
+/// whose calls can be sent between threads).
+impl<B: Backend> crate::worker::Worker for UnpaidSweeper<super::Chain, B> {
+    type Error = String;
+
+    fn name(&self) -> &'static str {
+        "unpaid_sweep"
+    }
+
+    async fn step(&mut self) -> Result<crate::worker::Step, String> {
+        let freed = self.sweep().await?;
+        self.freed += freed as u64;
+        Ok(crate::worker::Step::Idle(SWEEP_EVERY))
+    }
+
+    fn progress(&self) -> String {
+        format!("{} unpaid shares freed since start", self.freed)
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 pub mod membership;
 pub mod placement;
+pub mod put_plan;
 pub mod swarm;
 pub mod transfer;
 pub mod wire;

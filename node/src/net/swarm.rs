@@ -242,7 +242,7 @@ impl Network {
         rx.await.ok()
     }
 
-    /// Every peer in the routing table (not necessarily connected now).
+    /// Every peer in the routing table (not necessarily connected now) or connected now.
     pub async fn peers(&self) -> Vec<PeerId> {
         self.ask(Command::Peers).await.unwrap_or_default()
     }
@@ -431,6 +431,10 @@ fn handle_command(
                     peers.push(*entry.node.key.preimage());
                 }
             }
+            // A full k-bucket leaves out peers this node is talking to anyway.
+            peers.extend(swarm.connected_peers().copied());
+            peers.sort();
+            peers.dedup();
             let _ = tx.send(peers);
         }
         Command::Connected(tx) => {

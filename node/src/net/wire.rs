@@ -21,6 +21,10 @@
 //! Uploads belong to the peer that opened them: `PutShard`, `Commit` and `Abort` of an upload
 //! are answered only for the peer whose first `PutShard` created it.
 //! - 5 `GetManifest {root}` -> `Ok` + `[len: u32]` body + manifest bytes.
+//! - 6 `Have {count: u32, cids}` -> `Ok` + one bit per shard held ([`encode_have`]).
+//! - 7 `Delete {root}` -> `Ok` + `[freed shards: u64]` once the node unpinned the checkpoint;
+//!   `Forbidden` unless the sender is the publisher the manifest names (and no running deal
+//!   this node accepted covers it); `NotFound` when the node does not pin it.
 //!
 //! Responses: kind 0 `Ok`, else an error kind with a utf-8 message as body.
 
@@ -36,6 +40,9 @@ pub const MAX_BODY: u32 = 1 << 20;
 pub const MAX_SHARD_LEN: u64 = 256 << 20;
 /// Frame header length.
 pub const HEADER_LEN: usize = 6;
+
+/// Most shards one `Have` request may ask about (its body stays well under [`MAX_BODY`]).
+pub const MAX_HAVE: usize = 8192;
 
 /// An upload's identifier, chosen at random by the gateway.
 pub type UploadId = [u8; 16];
@@ -66,6 +73,15 @@ pub enum Request {
         upload: UploadId,
     },
     GetManifest {
+        root: Cid,
+    },
+    /// Which of these shards the node holds (index entry and bytes present; not re-verified:
+    /// that is the scrubber's job). Answered with one bit per shard, in order.
+    Have {
+        cids: Vec<Cid>,
+    },
+    /// The publisher asks the node to unpin a checkpoint (cluster-wide delete).
+    Delete {
         root: Cid,
     },
 }
@@ -260,6 +276,8 @@ impl Request {
             Request::Commit { .. } => 3,
             Request::Abort { .. } => 4,
             Request::GetManifest { .. } => 5,
+            Request::Have { .. } => 6,
+            Request::Delete { .. } => 7,
         }
     }
 
@@ -291,7 +309,17 @@ impl Request {
                 b.extend_from_slice(digest);
             }
             Request::Abort { upload } => b.extend_from_slice(upload),
-            Request::GetManifest { root } => put_cid(&mut b, root),
+            Request::GetManifest { root } | Request::Delete { root } => put_cid(&mut b, root),
+            Request::Have { cids } => {
+                b.extend_from_slice(
+                    &u32::try_from(cids.len())
+                        .expect("at most MAX_HAVE")
+                        .to_le_bytes(),
+                );
+                for c in cids {
+                    put_cid(&mut b, c);
+                }
+            }
         }
         frame(self.kind(), &b)
     }
@@ -347,6 +375,22 @@ impl Request {
                 upload: r.upload()?,
             },
             5 => Request::GetManifest { root: r.cid()? },
+            6 => {
+                let n = r.u32("shard count")? as usize;
+                if n > MAX_HAVE {
+                    return Err(WireError::TooLong {
+                        what: "shard list",
+                        len: n as u64,
+                        max: MAX_HAVE as u64,
+                    });
+                }
+                let mut cids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    cids.push(r.cid()?);
+                }
+                Request::Have { cids }
+            }
+            7 => Request::Delete { root: r.cid()? },
             k => return Err(WireError::Kind(k)),
         };
         r.done()?;
@@ -455,6 +499,29 @@ impl ShardHeader {
     }
 }
 
+/// Body of a `Have` answer: bit `i` (of byte `i / 8`, least significant first) says whether
+/// shard `i` of the request is held.
+pub fn encode_have(held: &[bool]) -> Vec<u8> {
+    let mut out = vec![0u8; held.len().div_ceil(8)];
+    for (i, h) in held.iter().enumerate() {
+        if *h {
+            out[i / 8] |= 1 << (i % 8);
+        }
+    }
+    out
+}
+
+/// Decode a `Have` answer to a request about `n` shards.
+pub fn decode_have(body: &[u8], n: usize) -> Result<Vec<bool>, WireError> {
+    if body.len() != n.div_ceil(8) {
+        return Err(WireError::Truncated("have bitmap"));
+    }
+    if !n.is_multiple_of(8) && body[n / 8] >> (n % 8) != 0 {
+        return Err(WireError::Trailing(1));
+    }
+    Ok((0..n).map(|i| body[i / 8] & (1 << (i % 8)) != 0).collect())
+}
+
 /// Body of a `GetManifest` answer: the manifest length.
 pub fn decode_manifest_len(body: &[u8]) -> Result<u32, WireError> {
     let mut r = Reader(body);
@@ -510,6 +577,10 @@ mod tests {
                 }),
             up.prop_map(|upload| Request::Abort { upload }),
             any::<u8>().prop_map(|c| Request::GetManifest { root: cid_of(c) }),
+            any::<u8>().prop_map(|c| Request::Delete { root: cid_of(c) }),
+            prop::collection::vec(any::<u8>(), 0..40).prop_map(|cs| Request::Have {
+                cids: cs.into_iter().map(cid_of).collect()
+            }),
         ]
     }
 
@@ -530,6 +601,13 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(cases(4096)))]
+
+        #[test]
+        fn have_answers_round_trip(held in prop::collection::vec(any::<bool>(), 0..100)) {
+            let body = encode_have(&held);
+            prop_assert_eq!(decode_have(&body, held.len()), Ok(held.clone()));
+            prop_assert!(decode_have(&body, held.len() + 8).is_err());
+        }
 
         #[test]
         fn requests_round_trip(req in request()) {

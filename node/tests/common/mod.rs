@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
+/// Environment key of a node's harness settings: its log (stderr) goes to this file.
+pub const STDERR_TO: &str = "CAIRN_TEST_STDERR";
+
 /// A node process. Killed when dropped.
 pub struct NodeProc {
     pub child: Child,
@@ -100,13 +103,24 @@ impl NodeProc {
     }
 
     fn spawn(config: PathBuf, data_dir: PathBuf, env: Vec<(String, String)>) -> NodeProc {
+        // The node's log goes to the test's stderr, or appends to the file `STDERR_TO` names.
+        let stderr = match env.iter().find(|(k, _)| k == STDERR_TO) {
+            Some((_, path)) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the node's log file"),
+            ),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(BIN)
             .args(["node", "run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn cairn node");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -128,7 +142,8 @@ impl NodeProc {
         }
     }
 
-    /// Restart with the same config and data (the port may change).
+    /// Restart with the same config and data (the port may change). Node 0 of a [`cluster`]
+    /// has no bootstrap peers, so restarted it stays alone: restart another node instead.
     pub fn restart(mut self) -> NodeProc {
         self.stop();
         let (config, data_dir) = (self.config.clone(), self.data_dir.clone());
@@ -158,6 +173,16 @@ impl NodeProc {
     }
 
     /// SIGKILL, no chance to clean up.
+    /// Send a signal (`STOP` hangs the node: its sockets stay open, nothing answers; `CONT`
+    /// resumes it).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -212,6 +237,17 @@ impl Drop for NodeProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A checkpoint's manifest as `node` serves it (dag-cbor, decoded).
+pub fn manifest_of(node: &NodeProc, root: &str) -> cairn_erasure::Manifest {
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "-H", "accept: application/vnd.ipld.dag-cbor"])
+        .arg(format!("{}/v1/checkpoints/{root}", node.url))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "manifest fetch failed");
+    cairn_erasure::Manifest::decode(&out.stdout).expect("manifest decodes")
 }
 
 /// Successful CLI output's stdout, trimmed; panics with stderr otherwise.

@@ -278,6 +278,11 @@ async fn answer(
             }
             Response::ok(Vec::new()).encode()
         }
+        Request::Have { cids } => {
+            let held = held.lock().expect("held");
+            let bits: Vec<bool> = cids.iter().map(|c| held.contains_key(c)).collect();
+            Response::ok(cairn_node::net::wire::encode_have(&bits)).encode()
+        }
         Request::GetShard { cid, start, end } => {
             seen.lock().expect("seen").reads += 1;
             let data = held.lock().expect("held").get(&cid).cloned();
@@ -317,7 +322,9 @@ async fn answer(
             }
         }
         Request::Abort { .. } => Response::ok(Vec::new()).encode(),
-        Request::GetManifest { .. } => Response::error(Status::NotFound, "none").encode(),
+        Request::GetManifest { .. } | Request::Delete { .. } => {
+            Response::error(Status::NotFound, "none").encode()
+        }
     };
     let _ = s.write_all(&reply).await;
     let _ = s.close().await;

@@ -234,6 +234,47 @@ impl Transfers {
         .await
     }
 
+    /// Which of `cids` the peer holds (its own word: a holder that lies is caught when it is
+    /// read from). Asked [`wire::MAX_HAVE`] at a time.
+    pub async fn have(&self, peer: PeerId, cids: &[Cid]) -> Result<Vec<bool>, TransferError> {
+        let mut held = Vec::with_capacity(cids.len());
+        for batch in cids.chunks(wire::MAX_HAVE) {
+            let req = Request::Have {
+                cids: batch.to_vec(),
+            };
+            let body = Self::timed(peer, || async {
+                let (body, _) = self.request(peer, &req, &[]).await?;
+                Ok(body)
+            })
+            .await?;
+            held.extend(
+                wire::decode_have(&body, batch.len())
+                    .map_err(|source| TransferError::Wire { peer, source })?,
+            );
+        }
+        Ok(held)
+    }
+
+    /// Ask `peer` to unpin `root` (this node being its publisher); returns the shards it
+    /// freed.
+    pub async fn delete(&self, peer: PeerId, root: &Cid) -> Result<u64, TransferError> {
+        let body = Self::timed(peer, || async {
+            let (body, _) = self
+                .request(peer, &Request::Delete { root: *root }, &[])
+                .await?;
+            Ok(body)
+        })
+        .await?;
+        let freed: [u8; 8] = body
+            .as_slice()
+            .try_into()
+            .map_err(|_| TransferError::Wire {
+                peer,
+                source: wire::WireError::Truncated("delete answer"),
+            })?;
+        Ok(u64::from_le_bytes(freed))
+    }
+
     /// Fetch a checkpoint's manifest, verified against its root CID.
     pub async fn fetch_manifest(&self, peer: PeerId, root: &Cid) -> Result<Vec<u8>, TransferError> {
         Self::timed(peer, || async {

@@ -6,6 +6,7 @@
 
 mod budget;
 mod client;
+mod delete;
 mod server;
 mod sessions;
 
@@ -23,6 +24,7 @@ use super::wire::{self, HEADER_LEN, Response, Status, WireError};
 use crate::metrics::TransferMetrics;
 
 pub use client::Transfers;
+pub use delete::{DeleteError, delete_for};
 #[cfg(feature = "fault-injection")]
 pub use server::FAULT_CORRUPT_SERVED_ENV;
 pub use server::{ServerLimits, ShardServer};

@@ -14,12 +14,14 @@ use libp2p::futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::budget::{Budget, Refusal, StreamSlot};
+use super::delete::{DeleteError, delete_for};
 use super::sessions::{SessionError, SessionLimits, Sessions};
 use super::{REQUEST_TIMEOUT, TransferError, TransferStats, UPLOAD_IDLE, lock, read_exact};
 use super::{announcements, read_frame, write_all};
+use crate::chain::Chain;
 use crate::net::membership::Membership;
 use crate::net::swarm::{Network, SHARD_PROTOCOL};
 use crate::net::wire::{self, Request, Response, ShardHeader, Status, UploadId};
@@ -58,6 +60,9 @@ pub struct ShardServer<B: Backend> {
     sessions: Mutex<Sessions<B>>,
     budget: Budget,
     stats: Arc<TransferStats>,
+    /// This node's chain account, when it has one: a delete must not drop data under a
+    /// running deal it accepted.
+    chain: Option<Chain>,
     #[cfg(feature = "fault-injection")]
     corrupt_served: bool,
 }
@@ -109,6 +114,7 @@ impl<B: Backend> ShardServer<B> {
         membership: Membership,
         limits: ServerLimits,
         stats: Arc<TransferStats>,
+        chain: Option<Chain>,
     ) -> Arc<Self> {
         #[cfg(feature = "fault-injection")]
         let corrupt_served = std::env::var(FAULT_CORRUPT_SERVED_ENV).is_ok_and(|v| v == "1");
@@ -127,6 +133,7 @@ impl<B: Backend> ShardServer<B> {
             })),
             budget: Budget::new(),
             stats,
+            chain,
             #[cfg(feature = "fault-injection")]
             corrupt_served,
         })
@@ -307,6 +314,37 @@ impl<B: Backend> ShardServer<B> {
                         Ok(Some(Response::ok(Vec::new())))
                     }
                     None => Err(unknown_upload(&upload)),
+                }
+            }
+            Request::Have { cids } => {
+                let store = self.store.clone();
+                let held = tokio::task::spawn_blocking(move || {
+                    cids.iter()
+                        .map(|c| store.shard_present(c))
+                        .collect::<Result<Vec<bool>, _>>()
+                })
+                .await
+                .map_err(|e| internal(&e.to_string()))?
+                .map_err(|e| internal(&e.to_string()))?;
+                Ok(Some(Response::ok(wire::encode_have(&held))))
+            }
+            Request::Delete { root } => {
+                match delete_for(&self.store, self.chain.as_ref(), peer, root).await {
+                    Ok(freed) => {
+                        info!(%peer, %root, freed, "checkpoint deleted by its publisher");
+                        Ok(Some(Response::ok((freed as u64).to_le_bytes().to_vec())))
+                    }
+                    Err(e) => {
+                        let (reason, status) = match &e {
+                            DeleteError::NotPinned(_) => ("bad_request", Status::NotFound),
+                            DeleteError::NoPublisher { .. } | DeleteError::NotPublisher { .. } => {
+                                ("not_publisher", Status::Forbidden)
+                            }
+                            DeleteError::DealRunning { .. } => ("deal_running", Status::Forbidden),
+                            _ => ("internal", Status::Internal),
+                        };
+                        Err(Refused(reason, Response::error(status, &e.to_string())))
+                    }
                 }
             }
             Request::GetManifest { root } => {

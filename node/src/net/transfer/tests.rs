@@ -52,6 +52,7 @@ async fn pair(cancel: &CancellationToken) -> (Store<MemBackend>, Network, Transf
             max_sessions_per_peer: 4,
         },
         stats(),
+        None,
     );
     tokio::spawn(server.run(cancel.clone()));
     let (b, _) = Network::start(
@@ -173,5 +174,68 @@ async fn malformed_requests_get_errors_and_the_server_keeps_serving() {
             .expect_err("absent")
             .is_not_found()
     );
+    cancel.cancel();
+}
+
+/// A checkpoint in `store` whose manifest names `publisher` (format 3); returns its root and
+/// how many shards only it references.
+fn published_checkpoint(
+    store: &Store<MemBackend>,
+    publisher: Option<PeerId>,
+    seed: u8,
+) -> (Cid, usize) {
+    let layout = cairn_erasure::Layout::new(2, 1, 1 << 16).expect("layout");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 ^ seed).collect();
+    let upload = crate::pipeline::Upload::File {
+        path: "w.bin".into(),
+        reader: &data[..],
+    };
+    let (plain, manifest) =
+        crate::pipeline::ingest(store, layout, upload, "t", &|_| {}).expect("ingest");
+    let Some(publisher) = publisher else {
+        return (plain, manifest.shard_cids().count());
+    };
+    let named = manifest
+        .published([7u8; 16], publisher.to_bytes())
+        .expect("publisher");
+    let root = store
+        .begin_put()
+        .commit_partial(&named, "t", 0)
+        .expect("commit");
+    store.unpin(&plain).expect("unpin the unnamed one");
+    (root, named.shard_cids().count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_publisher_named_in_the_manifest_may_delete() {
+    let cancel = CancellationToken::new();
+    let (store, b, t, a) = pair(&cancel).await;
+    let (mine, shards) = published_checkpoint(&store, Some(b.peer_id()), 1);
+    let (theirs, _) = published_checkpoint(&store, Some(PeerId::random()), 2);
+    let (unnamed, _) = published_checkpoint(&store, None, 3);
+    for (root, what) in [
+        (theirs, "another publisher's"),
+        (unnamed, "a single node's"),
+    ] {
+        let e = t.delete(a, &root).await.expect_err(what);
+        assert!(
+            matches!(
+                e,
+                TransferError::Remote {
+                    status: Status::Forbidden,
+                    ..
+                }
+            ),
+            "{what}: {e}"
+        );
+        assert!(store.manifest_entry(&root).is_ok(), "{what} was unpinned");
+    }
+    assert_eq!(
+        t.delete(a, &mine).await.expect("own checkpoint"),
+        shards as u64
+    );
+    assert!(store.manifest_entry(&mine).is_err());
+    let again = t.delete(a, &mine).await.expect_err("gone");
+    assert!(again.is_not_found(), "{again}");
     cancel.cancel();
 }

@@ -16,6 +16,9 @@ use tokio::sync::mpsc;
 
 pub use crate::api::PutAnswer;
 
+mod names;
+pub use names::TensorRead;
+
 /// A client operation failed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -50,7 +53,7 @@ pub enum ClientError {
     Truncated { path: String, got: u64, want: u64 },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     move |source| ClientError::Io {
         path: path.display().to_string(),
         source,
@@ -79,6 +82,8 @@ pub struct PutOptions {
     pub stripe_size: Option<u64>,
     /// Root CID of the checkpoint this one derives from.
     pub parent: Option<String>,
+    /// Point this name (`org/model`) of the node's name table at the new root.
+    pub tag: Option<String>,
 }
 
 /// What a download did.
@@ -205,7 +210,7 @@ pub fn discover_token(base: &str) -> Option<String> {
     read(&Path::new(crate::config::DEFAULT_DATA_DIR).join(crate::api::auth::TOKEN_FILE))
 }
 
-async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+pub(crate) async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -331,6 +336,11 @@ impl Client {
         }
         if let Some(s) = opts.stripe_size {
             query.push(("stripe_size", s.to_string()));
+        }
+        if let Some(t) = &opts.tag {
+            // Refused here rather than by the node after the whole upload has been sent.
+            cairn_storage::check_name(t).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            query.push(("tag", t.clone()));
         }
         let (tx, rx) = mpsc::channel(4);
         let producer;
@@ -636,13 +646,19 @@ impl Client {
     }
 
     /// Unpin a checkpoint.
-    pub async fn rm(&self, root: &str) -> Result<serde_json::Value, ClientError> {
+    /// Unpin `root` on the node (`force`: even under a running deal), or, with `network`,
+    /// delete it from every node (the node being its publisher).
+    pub async fn rm(
+        &self,
+        root: &str,
+        network: bool,
+        force: bool,
+    ) -> Result<serde_json::Value, ClientError> {
         let cid = parse_cid(root).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let resp = self
-            .write(
-                self.http
-                    .delete(self.url(&format!("/v1/checkpoints/{cid}"))),
-            )
+            .write(self.http.delete(self.url(&format!(
+                "/v1/checkpoints/{cid}?network={network}&force={force}"
+            ))))
             .send()
             .await?;
         Ok(check(resp).await?.json().await?)

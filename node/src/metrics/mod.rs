@@ -16,6 +16,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+mod jobs;
+pub use jobs::{
+    JobLabels, JobMetrics, REPAIR_RESULTS, RepairMetrics, ResultLabels, SCRUB_RESULTS, ScrubMetrics,
+};
+
 /// Buckets for request and transfer durations: 1 ms to about 65 s.
 fn duration_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -250,6 +255,9 @@ pub struct Metrics {
     pub swarm: SwarmMetrics,
     pub proofs: ProofMetrics,
     pub chain_registry: RegistryMetrics,
+    pub jobs: JobMetrics,
+    pub scrub: ScrubMetrics,
+    pub repair: RepairMetrics,
 }
 
 impl Metrics {
@@ -476,6 +484,12 @@ impl Metrics {
             "Registry syncs that failed (the last member set is kept)",
             registry.errors.clone(),
         );
+        let jobs = JobMetrics::default();
+        jobs.register(reg);
+        let scrub = ScrubMetrics::default();
+        scrub.register(reg);
+        let repair = RepairMetrics::default();
+        repair.register(reg);
         if let Some(store) = store {
             reg.register_collector(Box::new(StoreCollector { store }));
         }
@@ -486,6 +500,9 @@ impl Metrics {
             swarm,
             proofs,
             chain_registry: registry,
+            jobs,
+            scrub,
+            repair,
         }
     }
 

@@ -1,0 +1,387 @@
+//! The gateway: puts that spread each stripe's shards over distinct nodes, and gets that
+//! pull them back from many nodes at once, verified, rebuilding from parity when a node is
+//! slow, gone or lying.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cairn_erasure::stripe::decode_stripe;
+use cairn_erasure::{Cid, Coder, EncodedStripe, FileEntry, Layout, Manifest};
+use cairn_proofs::Commitment;
+use cairn_storage::{Backend, ReadError, Store};
+use libp2p::PeerId;
+use libp2p::futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::chain::deals::DealPlanner;
+use crate::net::membership::Membership;
+use crate::net::placement::{member_order, stripe_key};
+use crate::net::swarm::Network;
+use crate::net::transfer::Transfers;
+use crate::net::transfer::{announcements, lock};
+use crate::net::wire::UploadId;
+use crate::pipeline::{GetError, IngestError, Upload, check_rebuilt, encode, now_unix};
+
+mod delete;
+mod locate;
+mod place;
+mod read;
+
+pub use delete::{DeleteReport, NetworkDeleteError, NodeAnswer};
+pub use locate::Holders;
+
+/// Commits tried with a node's possibly landed hedge losers named (the second after a wait,
+/// for a write still under way).
+const COMMIT_ATTEMPTS_WITH_MAYBES: usize = 2;
+/// The wait before that second try.
+const COMMIT_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// Failed spot checks listed in a put's error (the rest are counted).
+const FAILURES_LISTED: usize = 4;
+
+/// A node's view of the cluster, for gateway work.
+pub struct Cluster<B: Backend> {
+    pub net: Network,
+    pub transfers: Transfers,
+    pub store: Store<B>,
+    pub allow_colocation: bool,
+    /// Who may be placed on and read from.
+    pub membership: Membership,
+}
+
+impl<B: Backend> Clone for Cluster<B> {
+    fn clone(&self) -> Self {
+        Self {
+            net: self.net.clone(),
+            transfers: self.transfers.clone(),
+            store: self.store.clone(),
+            allow_colocation: self.allow_colocation,
+            membership: self.membership.clone(),
+        }
+    }
+}
+
+/// Where shard `i` of a stripe goes among `ordered` members.
+fn holder(ordered: &[PeerId], i: usize) -> Option<PeerId> {
+    if ordered.is_empty() {
+        None
+    } else {
+        Some(ordered[i % ordered.len()])
+    }
+}
+
+impl<B: Backend> Cluster<B> {
+    /// Members known to this node (the members in its routing table, and itself if it is
+    /// one). Nobody else is ever placed on or read from.
+    pub async fn members(&self) -> Vec<PeerId> {
+        let mut m = self.membership.filter(self.net.peers().await);
+        m.push(self.net.peer_id());
+        m.retain(|p| self.membership.is_member(p));
+        m.sort();
+        m.dedup();
+        m
+    }
+
+    /// True when this node knows other members: puts are then spread over the cluster.
+    pub async fn is_clustered(&self) -> bool {
+        let me = self.net.peer_id();
+        self.members().await.iter().any(|p| *p != me)
+    }
+
+    /// Store an upload across the cluster. Runs on a blocking thread (`rt` drives the
+    /// network). The checkpoint is pinned on every node that took a shard, and here. With a
+    /// `planner`, also returns each storing node's deal commitment.
+    pub fn put<R: Read>(
+        &self,
+        rt: &tokio::runtime::Handle,
+        layout: Layout,
+        upload: Upload<R>,
+        name: &str,
+        progress: &dyn Fn(u64),
+        mut planner: Option<&mut DealPlanner>,
+    ) -> Result<(Cid, Manifest, HashMap<PeerId, Commitment>), IngestError> {
+        let me = self.net.peer_id();
+        if !self.membership.is_member(&me) {
+            return Err(IngestError::NotMember(format!(
+                "this node ({me}) is not a member of the network ({} membership), so no \
+                 member would take its shards",
+                self.membership.mode().as_str()
+            )));
+        }
+        let members = rt.block_on(self.members());
+        let needed = layout.total();
+        if members.len() < needed && !self.allow_colocation {
+            return Err(IngestError::TooFewNodes {
+                live: members.len(),
+                needed,
+            });
+        }
+        let upload_id = new_upload_id(&self.net.peer_id());
+        let salt = new_salt();
+        let mut session = self.store.begin_put();
+        // The shards placed on each other node: its commit names them, and they are
+        // spot-checked before the put reports success.
+        let mut participants: HashMap<PeerId, BTreeMap<Cid, u64>> = HashMap::new();
+        let mut holders: HashMap<Cid, Vec<PeerId>> = HashMap::new();
+        let mut stripe_no = 0u64;
+        // Shards whose push was cancelled when its hedge won, by node: they may have landed.
+        let mut maybes: HashMap<PeerId, BTreeMap<Cid, u64>> = HashMap::new();
+        let mut put_plan = crate::net::put_plan::PutPlanner::default();
+        let result = encode(layout, upload, progress, &mut |enc: &EncodedStripe| {
+            // The deal commitments' hashing runs beside the pushes, not after them.
+            let plan = planner.as_deref_mut();
+            let planning = plan.is_some();
+            let placed = std::thread::scope(|s| {
+                let hashing = plan.map(|p| {
+                    s.spawn(move || {
+                        for (i, meta) in enc.shards.iter().enumerate() {
+                            p.add_shard(&meta.cid, enc.shard(i));
+                        }
+                    })
+                });
+                let placed = rt.block_on(self.place_stripe(
+                    &mut put_plan,
+                    &members,
+                    &salt,
+                    upload_id,
+                    enc,
+                    stripe_no,
+                ));
+                if let Some(h) = hashing {
+                    h.join().expect("chunk hashing does not panic");
+                }
+                placed
+            })?;
+            stripe_no += 1;
+            let place::Placed {
+                placed,
+                extra,
+                maybe,
+            } = placed;
+            for (i, peer) in &maybe {
+                maybes
+                    .entry(*peer)
+                    .or_default()
+                    .insert(enc.shards[*i].cid, enc.shard(*i).len() as u64);
+            }
+            if planning {
+                for (i, peer) in placed
+                    .iter()
+                    .enumerate()
+                    .chain(extra.iter().map(|(i, p)| (*i, p)))
+                {
+                    holders.entry(enc.shards[i].cid).or_default().push(*peer);
+                }
+            }
+            // A second copy is committed where it landed: the node holds it, and its commit
+            // must name exactly what it received.
+            for (i, peer) in &extra {
+                participants
+                    .entry(*peer)
+                    .or_default()
+                    .insert(enc.shards[*i].cid, enc.shard(*i).len() as u64);
+            }
+            let mut local = Vec::new();
+            for (i, peer) in placed.iter().enumerate() {
+                if *peer == me {
+                    local.push((&enc.shards[i], enc.shard(i)));
+                } else {
+                    participants
+                        .entry(*peer)
+                        .or_default()
+                        .insert(enc.shards[i].cid, enc.shard(i).len() as u64);
+                }
+            }
+            Ok(session.put_stripe(&local)?)
+        });
+        let abort_all = |participants: &HashMap<PeerId, BTreeMap<Cid, u64>>| {
+            rt.block_on(async {
+                let mut f: FuturesUnordered<_> = participants
+                    .keys()
+                    .map(|p| async move { (*p, self.transfers.abort(*p, upload_id).await) })
+                    .collect();
+                while let Some((peer, r)) = f.next().await {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "abort not confirmed; the upload expires there");
+                    }
+                }
+            });
+        };
+        let manifest = match result.and_then(|m| {
+            m.published(salt, self.net.peer_id().to_bytes())
+                .map_err(IngestError::Manifest)
+        }) {
+            Ok(m) => m,
+            Err(e) => {
+                abort_all(&participants);
+                return Err(e);
+            }
+        };
+        let (bytes, _) = manifest.encode_with_cid().map_err(IngestError::Manifest)?;
+        let results: Vec<(PeerId, Result<bool, String>)> = rt.block_on(async {
+            let mut f: FuturesUnordered<_> = participants
+                .iter()
+                .map(|(p, placed)| {
+                    let (bytes, maybes) = (&bytes, &maybes);
+                    async move {
+                        let r = self
+                            .transfers
+                            .commit(*p, upload_id, name, bytes, placed.keys())
+                            .await;
+                        // A push cancelled when its hedge won may have landed after all (or be
+                        // landing): then the node's share names it too.
+                        if r.is_err()
+                            && let Some(more) = maybes.get(p)
+                        {
+                            let both: BTreeSet<Cid> =
+                                placed.keys().chain(more.keys()).copied().collect();
+                            for attempt in 0..COMMIT_ATTEMPTS_WITH_MAYBES {
+                                if attempt > 0 {
+                                    tokio::time::sleep(COMMIT_RETRY_WAIT).await;
+                                }
+                                let again = self
+                                    .transfers
+                                    .commit(*p, upload_id, name, bytes, both.iter())
+                                    .await;
+                                if again.is_ok() {
+                                    return (*p, Ok(true));
+                                }
+                            }
+                        }
+                        (*p, r.map(|()| false).map_err(|e| e.to_string()))
+                    }
+                })
+                .collect();
+            let mut results = Vec::new();
+            while let Some(r) = f.next().await {
+                results.push(r);
+            }
+            results
+        });
+        let mut failures = Vec::new();
+        for (peer, r) in results {
+            match r {
+                Ok(false) => {}
+                Ok(true) => {
+                    // The node holds those copies too: its spot checks and deal cover them.
+                    for (cid, len) in maybes.remove(&peer).unwrap_or_default() {
+                        participants.entry(peer).or_default().insert(cid, len);
+                        if planner.is_some() {
+                            holders.entry(cid).or_default().push(peer);
+                        }
+                    }
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        if !failures.is_empty() {
+            abort_all(&participants);
+            return Err(IngestError::Placement(format!(
+                "{} of {} nodes did not pin the checkpoint: {}",
+                failures.len(),
+                participants.len(),
+                failures.join("; ")
+            )));
+        }
+        // Every participant serves, verified, what it acknowledged: a node that said yes
+        // without storing (or stores garbage) fails the put here, never after "success".
+        let missing = rt.block_on(self.spot_check(&participants));
+        if !missing.is_empty() {
+            let more = missing.len().saturating_sub(FAILURES_LISTED);
+            return Err(IngestError::Placement(format!(
+                "{} checks of placed shards failed after commit (the checkpoint is not \
+                 reported stored): {}{}",
+                missing.len(),
+                missing[..missing.len().min(FAILURES_LISTED)].join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        let root = session.commit_partial(&manifest, name, now_unix())?;
+        // The checkpoint is pinned: a failure to list what to announce only costs lookups.
+        let keys = announcements(&self.store, &manifest, root).unwrap_or_else(|e| {
+            warn!(%root, error = %e, "cannot list held shards; announcing the root only");
+            vec![root]
+        });
+        rt.block_on(async {
+            for c in keys {
+                self.net.provide(&c.to_bytes()).await;
+            }
+        });
+        info!(%root, nodes = participants.len() + 1, "checkpoint placed on the cluster");
+        let commitments = planner
+            .map(|p| p.commitments(&manifest, &holders))
+            .unwrap_or_default();
+        Ok((root, manifest, commitments))
+    }
+
+    /// The manifest of `root`: from the local store, or fetched (and verified) from a node
+    /// that announced it, or from any member. Returns whether every shard is held here.
+    pub async fn manifest(&self, root: &Cid) -> Result<(Manifest, bool), ReadError> {
+        let store = self.store.clone();
+        let r = *root;
+        match tokio::task::spawn_blocking(move || store.manifest_entry(&r)).await {
+            Ok(Err(ReadError::NotFound(_))) => {}
+            Ok(other) => return other,
+            Err(e) => return Err(ReadError::NotFound(format!("{root} ({e})"))),
+        }
+        let mut candidates = self
+            .membership
+            .filter(self.net.providers(&root.to_bytes()).await);
+        for p in self.members().await {
+            if !candidates.contains(&p) {
+                candidates.push(p);
+            }
+        }
+        candidates.retain(|p| *p != self.net.peer_id());
+        for p in candidates {
+            match self.transfers.fetch_manifest(p, root).await {
+                Ok(bytes) => {
+                    return Manifest::decode(&bytes).map(|m| (m, false)).map_err(|e| {
+                        ReadError::Corrupt {
+                            cid: root.to_string(),
+                            reason: e.to_string(),
+                        }
+                    });
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => debug!(peer = %p, error = %e, "manifest fetch failed"),
+            }
+        }
+        Err(ReadError::NotFound(root.to_string()))
+    }
+}
+
+/// A fresh random placement salt (also used as a nonce).
+fn new_salt() -> [u8; cairn_erasure::manifest::SALT_LEN] {
+    let mut salt = [0u8; cairn_erasure::manifest::SALT_LEN];
+    if let Err(e) = getrandom::fill(&mut salt) {
+        // Without OS randomness the salt is still unique per put, only predictable.
+        warn!(error = %e, "no OS randomness for the placement salt; using a time-based one");
+        salt.copy_from_slice(&new_upload_id(&PeerId::random()));
+    }
+    salt
+}
+
+pub(crate) fn new_upload_id(me: &PeerId) -> UploadId {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&me.to_bytes());
+    h.update(
+        &SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            .to_le_bytes(),
+    );
+    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    id
+}
