@@ -26,7 +26,9 @@ use crate::net::placement::{member_order, stripe_key};
 use crate::net::transfer::TransferError;
 use crate::pipeline::GetError;
 use crate::worker::{Step, Worker};
-use policy::{RepairPolicy, StripeHealth, Tracker, Verdict, candidates, coordinator};
+use policy::{
+    RepairPolicy, StripeHealth, Tracker, Verdict, candidates, coordinator, is_coordinator,
+};
 
 /// Stripes surveyed per round at most (the next round goes on from there): bounds a round's
 /// memory and the size of its queries whatever the node holds.
@@ -261,11 +263,8 @@ impl<B: Backend> Repairer<B> {
             .await
             .map_err(|e| StripeRepairError::Thread(e.to_string()))?
             .map_err(StripeRepairError::Read)?;
-        let ordered = member_order(
-            &self.cluster.membership,
-            live,
-            &stripe_key(m.salt.as_deref(), &cids),
-        );
+        let key = stripe_key(m.salt.as_deref(), &cids);
+        let ordered = member_order(&self.cluster.membership, live, &key);
         let me = self.cluster.net.peer_id();
         let mut taken = health.holder_set();
         taken.insert(me);
@@ -285,15 +284,15 @@ impl<B: Backend> Repairer<B> {
                         info!(root = %h.root, file = h.file, stripe = h.stripe, shard = i, to = %p, "shard repaired");
                         taken.insert(*p);
                         placed += 1;
-                        #[cfg(feature = "fault-injection")]
-                        if missing.len() > 1 && placed == 1 {
-                            fault_stall_mid_stripe(h).await;
-                        }
                         self.metrics.pushed_bytes.inc_by(shard.len() as u64);
                         self.metrics
                             .shards
                             .get_or_create(&ResultLabels { result: "ok" })
                             .inc();
+                        #[cfg(feature = "fault-injection")]
+                        if missing.len() > 1 && placed == 1 {
+                            fault_stall_mid_stripe(h).await;
+                        }
                         done = true;
                         break;
                     }
@@ -311,6 +310,12 @@ impl<B: Backend> Repairer<B> {
                     shard: i,
                     tried: targets.len(),
                 });
+            } else if !is_coordinator(&key, taken.iter().copied(), me) {
+                // The node just given a shard outranks this one: from its next round it is
+                // the coordinator (every holder's survey says so) and repairs the rest. Going
+                // on would make two coordinators place the same shards.
+                info!(root = %h.root, file = h.file, stripe = h.stripe, placed, "a new holder is now the stripe's coordinator; it repairs the rest");
+                break;
             }
         }
         match failure {

@@ -90,6 +90,17 @@ pub fn coordinator(
     holders.into_iter().max_by_key(|p| weight(&key, p))
 }
 
+/// Whether `me` coordinates the stripe held by `holders`. A coordinator asks again after each
+/// shard it places: the new holder may outrank it, and then hands the rest of the repair to
+/// it (the new holder's own survey names itself), so no two nodes repair one stripe at once.
+pub fn is_coordinator(
+    stripe_key: &[u8; 32],
+    holders: impl IntoIterator<Item = PeerId>,
+    me: PeerId,
+) -> bool {
+    coordinator(stripe_key, holders) == Some(me)
+}
+
 /// What to do about a stripe this round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -309,6 +320,36 @@ mod tests {
         assert_ne!(next, c);
         assert!(rest.contains(&next));
         assert_eq!(coordinator(&key, Vec::new()), None);
+    }
+
+    #[test]
+    fn a_coordinator_hands_over_to_a_new_holder_that_outranks_it() {
+        let key = [3u8; 32];
+        let holders = peers(4);
+        let c = coordinator(&key, holders.iter().copied()).expect("holders");
+        assert!(is_coordinator(&key, holders.iter().copied(), c));
+        // Rebuilt shards go to members that may outrank the coordinator; once one of them
+        // holds a shard, the old coordinator stops and the newcomer alone goes on.
+        let others = peers(64);
+        let up = others
+            .iter()
+            .copied()
+            .find(|p| coordinator(&key, holders.iter().copied().chain([*p])) == Some(*p))
+            .expect("some member outranks the coordinator");
+        let with_up: Vec<PeerId> = holders.iter().copied().chain([up]).collect();
+        assert!(!is_coordinator(&key, with_up.iter().copied(), c));
+        assert!(is_coordinator(&key, with_up.iter().copied(), up));
+        // One that does not outrank it leaves it in charge.
+        let down = others
+            .iter()
+            .copied()
+            .find(|p| coordinator(&key, holders.iter().copied().chain([*p])) == Some(c))
+            .expect("some member ranks below the coordinator");
+        assert!(is_coordinator(
+            &key,
+            holders.iter().copied().chain([down]),
+            c
+        ));
     }
 
     #[test]
