@@ -197,11 +197,11 @@ impl<B: Backend> Cluster<B> {
             }
             Ok(session.put_stripe(&local)?)
         });
-        let abort_all = |participants: &HashMap<PeerId, BTreeMap<Cid, u64>>| {
+        let abort_on = |peers: Vec<PeerId>| {
             rt.block_on(async {
-                let mut f: FuturesUnordered<_> = participants
-                    .keys()
-                    .map(|p| async move { (*p, self.transfers.abort(*p, upload_id).await) })
+                let mut f: FuturesUnordered<_> = peers
+                    .into_iter()
+                    .map(|p| async move { (p, self.transfers.abort(p, upload_id).await) })
                     .collect();
                 while let Some((peer, r)) = f.next().await {
                     if let Err(e) = r {
@@ -216,7 +216,7 @@ impl<B: Backend> Cluster<B> {
         }) {
             Ok(m) => m,
             Err(e) => {
-                abort_all(&participants);
+                abort_on(participants.keys().copied().collect());
                 return Err(e);
             }
         };
@@ -277,8 +277,14 @@ impl<B: Backend> Cluster<B> {
                 Err(e) => failures.push(e),
             }
         }
+        // Copies of cancelled pushes that no commit named: the node may hold one in the upload
+        // (or get it late), pinned by nothing. The upload is dropped there at once rather than
+        // at its idle expiry (a committed upload is gone already: the abort finds nothing).
+        if !maybes.is_empty() {
+            abort_on(maybes.keys().copied().collect());
+        }
         if !failures.is_empty() {
-            abort_all(&participants);
+            abort_on(participants.keys().copied().collect());
             return Err(IngestError::Placement(format!(
                 "{} of {} nodes did not pin the checkpoint: {}",
                 failures.len(),
