@@ -133,6 +133,8 @@ impl Node {
             None
         };
         let metrics = crate::metrics::Metrics::new(Some(store.clone()));
+        let jobs = crate::worker::Jobs::new(metrics.jobs.clone());
+        let poll = std::time::Duration::from_millis(config.chain.poll_ms);
         let membership = match &chain {
             Some(c) => {
                 // The registry is read once before the node serves, then followed.
@@ -142,10 +144,10 @@ impl Node {
                     c.clone(),
                     writer,
                     metrics.chain_registry.clone(),
+                    poll,
                 )
                 .await?;
-                let poll = std::time::Duration::from_millis(config.chain.poll_ms);
-                tasks.spawn(registry.run(poll, cancel.clone()));
+                crate::worker::spawn(&mut tasks, &jobs, registry, cancel.clone());
                 m
             }
             None => membership_of(&config)?,
@@ -180,21 +182,23 @@ impl Node {
             Arc::clone(&stats),
             chain.clone(),
         );
+        let upload_sweep = crate::net::UploadSweeper::new(Arc::clone(&server));
         tasks.spawn(server.run(cancel.clone()));
-        let jobs = crate::worker::Jobs::new(metrics.jobs.clone());
+        crate::worker::spawn(&mut tasks, &jobs, upload_sweep, cancel.clone());
         let publisher = match chain {
             Some(c) => {
-                let poll = std::time::Duration::from_millis(config.chain.poll_ms);
                 let prover = crate::chain::prover::Prover::new(
                     c.clone(),
                     store.clone(),
                     metrics.proofs.clone(),
+                    poll,
                 )
                 .await?;
-                tasks.spawn(prover.run(poll, cancel.clone()));
+                crate::worker::spawn(&mut tasks, &jobs, prover, cancel.clone());
                 let watcher =
-                    crate::chain::prover::Watcher::new(c.clone(), metrics.proofs.clone()).await?;
-                tasks.spawn(watcher.run(poll, cancel.clone()));
+                    crate::chain::prover::Watcher::new(c.clone(), metrics.proofs.clone(), poll)
+                        .await?;
+                crate::worker::spawn(&mut tasks, &jobs, watcher, cancel.clone());
                 let sweeper = crate::chain::unpaid::UnpaidSweeper {
                     chain: c.clone(),
                     store: store.clone(),

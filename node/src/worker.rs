@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -37,10 +37,22 @@ pub trait Worker: Send + 'static {
     fn step(&mut self) -> impl std::future::Future<Output = Result<Step, Self::Error>> + Send;
     /// Progress for people, e.g. "pass 3: 1,200 of 5,000 shards".
     fn progress(&self) -> String;
-    /// The first wait after an error (doubled by each error in a row, up to [`BACKOFF_MAX`]).
+    /// The first wait after an error (doubled by each error in a row, up to
+    /// [`Worker::backoff_max`]).
     fn backoff_first(&self) -> Duration {
         BACKOFF_FIRST
     }
+    /// The longest wait after errors in a row (a job with a deadline, the prover, keeps it
+    /// short).
+    fn backoff_max(&self) -> Duration {
+        BACKOFF_MAX
+    }
+}
+
+/// For jobs that work in rounds, one every `period`: idle until `period` after the round
+/// that `started`, so a slow round delays the next one instead of bunching them.
+pub fn next_round(started: Instant, period: Duration) -> Step {
+    Step::Idle(period.saturating_sub(started.elapsed()))
 }
 
 /// What a job is doing.
@@ -106,11 +118,11 @@ impl Jobs {
     }
 }
 
-/// The wait after `errors` errors in a row, the first being `first`.
-pub fn backoff(first: Duration, errors: u32) -> Duration {
+/// The wait after `errors` errors in a row, the first being `first`, never above `max`.
+pub fn backoff(first: Duration, max: Duration, errors: u32) -> Duration {
     first
         .saturating_mul(1u32 << errors.saturating_sub(1).min(16))
-        .min(BACKOFF_MAX)
+        .min(max)
 }
 
 /// Run `worker` on `tasks` until `cancel` fires.
@@ -157,8 +169,8 @@ pub fn spawn<W: Worker>(
                 Err(e) => {
                     in_a_row = in_a_row.saturating_add(1);
                     errors.inc();
-                    let wait = backoff(worker.backoff_first(), in_a_row);
-                    warn!(job = name, error = %e, retry_in_secs = wait.as_secs(), "job step failed");
+                    let wait = backoff(worker.backoff_first(), worker.backoff_max(), in_a_row);
+                    warn!(job = name, error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "job step failed");
                     let at = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
@@ -214,9 +226,29 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(BACKOFF_FIRST, 1), BACKOFF_FIRST);
-        assert_eq!(backoff(BACKOFF_FIRST, 2), BACKOFF_FIRST * 2);
-        assert_eq!(backoff(BACKOFF_FIRST, 40), BACKOFF_MAX);
+        assert_eq!(backoff(BACKOFF_FIRST, BACKOFF_MAX, 1), BACKOFF_FIRST);
+        assert_eq!(backoff(BACKOFF_FIRST, BACKOFF_MAX, 2), BACKOFF_FIRST * 2);
+        assert_eq!(backoff(BACKOFF_FIRST, BACKOFF_MAX, 40), BACKOFF_MAX);
+        let poll = Duration::from_millis(500);
+        assert_eq!(backoff(poll, poll, 1), poll);
+        assert_eq!(
+            backoff(poll, poll, 5),
+            poll,
+            "a round job retries every round"
+        );
+    }
+
+    #[test]
+    fn a_slow_round_delays_the_next_instead_of_bunching() {
+        let period = Duration::from_secs(10);
+        let Step::Idle(wait) = next_round(Instant::now(), period) else {
+            panic!("a round job idles between rounds");
+        };
+        assert!(wait > Duration::from_secs(9) && wait <= period, "{wait:?}");
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(30))
+            .expect("the clock has run for 30 s");
+        assert_eq!(next_round(long_ago, period), Step::Idle(Duration::ZERO));
     }
 
     #[tokio::test]

@@ -482,6 +482,35 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
     }
     assert!(metric(&net.url(reporter), "cairn_chain_balance_gwei").await > 0.0);
 
+    // The chain's jobs run as the node's workers: listed with their rounds and progress, and
+    // their rounds counted in the job metrics.
+    let jobs: serde_json::Value = reqwest::get(format!("{}/v1/jobs", net.url(reporter)))
+        .await
+        .expect("jobs")
+        .json()
+        .await
+        .expect("json");
+    for name in ["prover", "watcher", "registry"] {
+        let job = jobs
+            .as_array()
+            .expect("a list of jobs")
+            .iter()
+            .find(|j| j["name"] == name)
+            .unwrap_or_else(|| panic!("job {name} not listed: {jobs}"));
+        assert!(job["steps"].as_u64() > Some(5), "{job}");
+        assert_ne!(job["state"], "stopped", "{job}");
+        assert!(
+            job["progress"].as_str().is_some_and(|p| !p.is_empty()),
+            "{job}"
+        );
+        let steps = metric(
+            &net.url(reporter),
+            &format!("cairn_job_steps_total{{job=\"{name}\"}}"),
+        )
+        .await;
+        assert!(steps > 5.0, "{name}: {steps} steps counted");
+    }
+
     // The corrupt node never sent a proof that failed: it counted the corruption instead (it
     // may have been slashed for an earlier late epoch before it met the corruption).
     let bad_url = net.url(bad);
@@ -532,6 +561,8 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         Command::new(BIN)
             .args(&args)
             .env("CAIRN_DEVNET_DIR", &net.dir)
+            // Its per-node lines are read below: no backtrace of the final error among them.
+            .env("RUST_BACKTRACE", "0")
             .output()
             .expect("run cairn")
     };

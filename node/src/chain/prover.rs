@@ -1,10 +1,12 @@
-//! The node's two chain tasks. The prover accepts deals whose commitment matches what this
-//! node stores, and each epoch proves its challenged leaves, early in the window, only with
-//! proofs it has verified itself. The watcher reports other nodes' missed epochs.
+//! The node's two chain jobs, each a [`Worker`] working in rounds of `chain.poll_ms`. The
+//! prover accepts deals whose commitment matches what this node stores, and each epoch proves
+//! its challenged leaves, early in the window, only with proofs it has verified itself. The
+//! watcher reports other nodes' missed epochs. Both retry a failed round at the next one
+//! (their back-off never grows past one round: a proof window does not wait).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
 use cairn_proofs::challenge::{leaf, sample_value, slot};
@@ -12,12 +14,12 @@ use cairn_proofs::tree::CHUNK_LEAVES;
 use cairn_proofs::{Proof, encode_blob, prove, verify};
 use cairn_storage::{Backend, Store};
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::deals::{DealDataError, HeldData, held_data};
 use super::{ChainError, DealInfo, Params, ProofChain, word_root};
 use crate::metrics::ProofMetrics;
+use crate::worker::{Step, Worker, next_round};
 
 /// Epochs back the watcher looks when it starts.
 const WATCH_HORIZON: u64 = 8;
@@ -44,25 +46,6 @@ pub enum ProveEpochError {
     SelfCheck { deal: u64, leaf: u64 },
     #[error(transparent)]
     Chain(#[from] ChainError),
-}
-
-/// The rounds of a chain task: one per `poll`, delayed (not bunched) after a slow round.
-struct Ticker(tokio::time::Interval);
-
-impl Ticker {
-    fn new(poll: Duration) -> Self {
-        let mut tick = tokio::time::interval(poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self(tick)
-    }
-
-    /// Wait for the next round; false once `cancel` fires.
-    async fn next(&mut self, cancel: &CancellationToken) -> bool {
-        tokio::select! {
-            _ = cancel.cancelled() => false,
-            _ = self.0.tick() => true,
-        }
-    }
 }
 
 /// A deal this node proves.
@@ -127,6 +110,8 @@ pub struct Prover<C, B: Backend> {
     store: Store<B>,
     metrics: ProofMetrics,
     params: Params,
+    /// One round per `poll`.
+    poll: Duration,
     held: HashMap<u64, HeldDeal>,
     /// Deals to look at again next round (an RPC failed, or accepting them did).
     retry: Vec<u64>,
@@ -136,13 +121,19 @@ pub struct Prover<C, B: Backend> {
 }
 
 impl<C: ProofChain, B: Backend> Prover<C, B> {
-    pub async fn new(chain: C, store: Store<B>, metrics: ProofMetrics) -> Result<Self, ChainError> {
+    pub async fn new(
+        chain: C,
+        store: Store<B>,
+        metrics: ProofMetrics,
+        poll: Duration,
+    ) -> Result<Self, ChainError> {
         let params = chain.params().await?;
         Ok(Self {
             chain,
             store,
             metrics,
             params,
+            poll,
             held: HashMap::new(),
             retry: Vec::new(),
             scanned: 0,
@@ -151,20 +142,10 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         })
     }
 
-    /// Run until cancelled, polling the chain every `poll`.
-    pub async fn run(mut self, poll: Duration, cancel: CancellationToken) {
-        let mut tick = Ticker::new(poll);
-        while tick.next(&cancel).await {
-            if let Err(e) = self.step().await {
-                warn!(error = %e, "prover step failed; retrying");
-            }
-        }
-    }
-
     /// One round: prove the current epoch if not done yet, then take up new deals (which can
     /// take seconds per GiB: the proof window comes first). The first round after a start
     /// takes up this node's deals before anything else.
-    pub async fn step(&mut self) -> Result<(), ChainError> {
+    pub async fn round(&mut self) -> Result<(), ChainError> {
         let me = self.chain.me();
         if !self.started {
             self.scan_deals().await?;
@@ -368,11 +349,50 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
     }
 }
 
+// The jobs run on the node's real chain client (whose futures are known to be `Send`);
+// tests drive `round` on any `ProofChain`.
+impl<B: Backend> Worker for Prover<super::Chain, B> {
+    type Error = ChainError;
+
+    fn name(&self) -> &'static str {
+        "prover"
+    }
+
+    async fn step(&mut self) -> Result<Step, ChainError> {
+        let started = Instant::now();
+        self.round().await?;
+        Ok(next_round(started, self.poll))
+    }
+
+    fn progress(&self) -> String {
+        let proven = self.done_epoch.map_or_else(
+            || "no epoch done yet".to_string(),
+            |e| format!("epoch {e} done"),
+        );
+        let with_data = self.held.values().filter(|d| d.data.is_some()).count();
+        format!(
+            "{proven}; {} deals held ({with_data} with data), {} to look at again",
+            self.held.len(),
+            self.retry.len()
+        )
+    }
+
+    fn backoff_first(&self) -> Duration {
+        self.poll
+    }
+
+    fn backoff_max(&self) -> Duration {
+        self.poll
+    }
+}
+
 /// Reports other nodes' missed epochs; owned by its task.
 pub struct Watcher<C> {
     chain: C,
     metrics: ProofMetrics,
     params: Params,
+    /// One round per `poll`.
+    poll: Duration,
     /// Accepted deals of other nodes.
     deals: Vec<DealInfo>,
     pending: Vec<u64>,
@@ -381,12 +401,13 @@ pub struct Watcher<C> {
 }
 
 impl<C: ProofChain> Watcher<C> {
-    pub async fn new(chain: C, metrics: ProofMetrics) -> Result<Self, ChainError> {
+    pub async fn new(chain: C, metrics: ProofMetrics, poll: Duration) -> Result<Self, ChainError> {
         let params = chain.params().await?;
         Ok(Self {
             chain,
             metrics,
             params,
+            poll,
             deals: Vec::new(),
             pending: Vec::new(),
             scanned: 0,
@@ -394,17 +415,8 @@ impl<C: ProofChain> Watcher<C> {
         })
     }
 
-    pub async fn run(mut self, poll: Duration, cancel: CancellationToken) {
-        let mut tick = Ticker::new(poll);
-        while tick.next(&cancel).await {
-            if let Err(e) = self.step().await {
-                warn!(error = %e, "watcher step failed; retrying");
-            }
-        }
-    }
-
-    /// Learn new deals, then check every finished epoch not checked yet.
-    pub async fn step(&mut self) -> Result<(), ChainError> {
+    /// One round: learn new deals, then check every finished epoch not checked yet.
+    pub async fn round(&mut self) -> Result<(), ChainError> {
         let me = self.chain.me();
         let count = self.chain.deal_count().await?;
         while self.scanned < count {
@@ -485,6 +497,40 @@ impl<C: ProofChain> Watcher<C> {
             }
         }
         Ok(())
+    }
+}
+
+impl Worker for Watcher<super::Chain> {
+    type Error = ChainError;
+
+    fn name(&self) -> &'static str {
+        "watcher"
+    }
+
+    async fn step(&mut self) -> Result<Step, ChainError> {
+        let started = Instant::now();
+        self.round().await?;
+        Ok(next_round(started, self.poll))
+    }
+
+    fn progress(&self) -> String {
+        let checked = self.checked.map_or_else(
+            || "no epoch checked yet".to_string(),
+            |e| format!("checked to epoch {e}"),
+        );
+        format!(
+            "{checked}; {} running deals of other nodes watched, {} proposed",
+            self.deals.len(),
+            self.pending.len()
+        )
+    }
+
+    fn backoff_first(&self) -> Duration {
+        self.poll
+    }
+
+    fn backoff_max(&self) -> Duration {
+        self.poll
     }
 }
 

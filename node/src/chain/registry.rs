@@ -6,20 +6,21 @@
 //! `WithdrawalRequested`, `StakeWithdrawn`, `NodeExited`, `Slashed`) from the contract's
 //! genesis block on, re-reads each account they name, and every [`FULL_REFRESH`] re-reads
 //! every account it knows, so a reorganised chain (a registration that disappeared, a slash
-//! that moved) is caught up with. RPC errors back off and keep the last good set.
+//! that moved) is caught up with. It runs as the node's `registry` job ([`Worker`]): RPC
+//! errors back off (up to 30 s) and keep the last good set.
 //!
 //! [`Membership`]: crate::net::Membership
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, B256};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{Chain, ChainError, ProofChain};
 use crate::metrics::RegistryMetrics;
 use crate::net::membership::{MemberSet, MembershipWriter};
+use crate::worker::{Step, Worker, next_round};
 
 /// Most blocks one `eth_getLogs` covers (providers cap ranges).
 const LOG_RANGE: u64 = 10_000;
@@ -36,6 +37,10 @@ pub struct Registry {
     /// account -> (bound peer word, member now)
     entries: HashMap<Address, (B256, bool)>,
     next_block: u64,
+    /// One round per `poll`.
+    poll: Duration,
+    /// When every known account was last re-read.
+    last_full: Instant,
 }
 
 impl Registry {
@@ -44,6 +49,7 @@ impl Registry {
         chain: Chain,
         writer: MembershipWriter,
         metrics: RegistryMetrics,
+        poll: Duration,
     ) -> Result<Self, ChainError> {
         let from = chain.params().await?.genesis_block;
         let mut r = Self {
@@ -52,6 +58,8 @@ impl Registry {
             metrics,
             entries: HashMap::new(),
             next_block: from,
+            poll,
+            last_full: Instant::now(),
         };
         r.sync().await?;
         info!(
@@ -107,36 +115,50 @@ impl Registry {
         self.publish();
         Ok(())
     }
+}
 
-    /// Follow the chain every `poll` until `cancel` fires.
-    pub async fn run(mut self, poll: Duration, cancel: CancellationToken) {
-        let mut last_full = tokio::time::Instant::now();
-        let mut wait = poll;
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(wait) => {}
-            }
-            let full = last_full.elapsed() >= FULL_REFRESH;
-            let r = if full {
-                self.refresh_all().await
-            } else {
-                self.sync().await
-            };
-            match r {
-                Ok(()) => {
-                    if full {
-                        last_full = tokio::time::Instant::now();
-                    }
-                    wait = poll;
-                    debug!(members = self.writer.current().len(), "registry synced");
-                }
-                Err(e) => {
-                    self.metrics.errors.inc();
-                    wait = (wait * 2).min(MAX_BACKOFF);
-                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "registry sync failed; keeping the last member set");
-                }
-            }
+impl Worker for Registry {
+    type Error = ChainError;
+
+    fn name(&self) -> &'static str {
+        "registry"
+    }
+
+    /// One sync of the events since the last (every [`FULL_REFRESH`], a re-read of every
+    /// account instead). On an error the last good member set stays published.
+    async fn step(&mut self) -> Result<Step, ChainError> {
+        let started = Instant::now();
+        let full = self.last_full.elapsed() >= FULL_REFRESH;
+        let r = if full {
+            self.refresh_all().await
+        } else {
+            self.sync().await
+        };
+        if let Err(e) = r {
+            self.metrics.errors.inc();
+            return Err(e);
         }
+        if full {
+            self.last_full = Instant::now();
+        }
+        debug!(members = self.writer.current().len(), "registry synced");
+        Ok(next_round(started, self.poll))
+    }
+
+    fn progress(&self) -> String {
+        format!(
+            "{} members of {} accounts known; synced to block {}",
+            self.writer.current().len(),
+            self.entries.len(),
+            self.next_block.saturating_sub(1)
+        )
+    }
+
+    fn backoff_first(&self) -> Duration {
+        self.poll
+    }
+
+    fn backoff_max(&self) -> Duration {
+        MAX_BACKOFF
     }
 }

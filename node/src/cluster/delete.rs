@@ -1,5 +1,6 @@
 //! Cluster-wide delete, the publisher's side: end this node's deals on the checkpoint (the
-//! holders refuse to drop data under a running deal), then ask every member to unpin it,
+//! holders refuse to drop data under a running deal), then ask every node that may hold it
+//! (members, the peers this node knows, the root's providers) to unpin it,
 //! a few at a time, each within a deadline, and unpin it here. Holders check that this node
 //! is the publisher the manifest names.
 
@@ -104,12 +105,14 @@ impl<B: Backend> Cluster<B> {
             None => EndedDeals::default(),
         };
         info!(%root, terminated = ended.terminated.len(), cancelled = ended.cancelled.len(), "deleting a checkpoint from the network");
-        let others: Vec<PeerId> = self
-            .members()
-            .await
-            .into_iter()
-            .filter(|p| *p != me)
-            .collect();
+        // Everyone who may hold it, not only today's members: a holder slashed below the
+        // minimum stake (or gone through exit) keeps its copy until asked.
+        let mut others: Vec<PeerId> = self.members().await;
+        others.extend(self.net.peers().await);
+        others.extend(self.net.providers(&root.to_bytes()).await);
+        others.sort();
+        others.dedup();
+        others.retain(|p| *p != me);
         let mut answers = libp2p::futures::stream::iter(others)
             .map(|peer| async move {
                 let r =

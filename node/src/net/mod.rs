@@ -10,4 +10,6 @@ pub mod wire;
 
 pub use membership::{Membership, peer_word};
 pub use swarm::{NetConfig, NetError, Network, load_identity};
-pub use transfer::{ServerLimits, ShardServer, TransferError, TransferStats, Transfers};
+pub use transfer::{
+    ServerLimits, ShardServer, TransferError, TransferStats, Transfers, UploadSweeper,
+};

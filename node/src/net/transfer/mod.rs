@@ -9,6 +9,7 @@ mod client;
 mod delete;
 mod server;
 mod sessions;
+mod sweep;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,6 +29,7 @@ pub use delete::{DeleteError, delete_for};
 #[cfg(feature = "fault-injection")]
 pub use server::FAULT_CORRUPT_SERVED_ENV;
 pub use server::{ServerLimits, ShardServer};
+pub use sweep::UploadSweeper;
 
 /// Longest a single request may take end to end (a 256 MiB shard at ~10 MiB/s fits).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -35,8 +35,6 @@ const SERVE_CHUNK: u64 = 1 << 20;
 const MAX_REFUSING: usize = 64;
 /// How long a refusal may take to write.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often idle uploads are looked for.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Test-only fault switch (environment): serve shard bytes with one byte flipped, after
 /// they were verified locally — a lying peer. Exists only with the `fault-injection` feature.
@@ -139,7 +137,8 @@ impl<B: Backend> ShardServer<B> {
         })
     }
 
-    /// Accept and answer shard streams until `cancel` fires; also expires idle uploads.
+    /// Accept and answer shard streams until `cancel` fires (idle uploads are expired by the
+    /// node's `upload_sweep` job, [`super::UploadSweeper`]).
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut incoming = match self.net.streams().accept(SHARD_PROTOCOL) {
             Ok(i) => i,
@@ -150,7 +149,6 @@ impl<B: Backend> ShardServer<B> {
         };
         let mut tasks = JoinSet::new();
         let mut refusing = JoinSet::new();
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
             tokio::select! {
                 // Incoming streams first: libp2p-stream holds one waiting stream per
@@ -177,7 +175,6 @@ impl<B: Backend> ShardServer<B> {
                     }
                 }
                 () = cancel.cancelled() => break,
-                _ = sweep.tick() => self.expire(),
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = done { warn!(error = %e, "shard stream task failed"); }
                 }
@@ -188,15 +185,15 @@ impl<B: Backend> ShardServer<B> {
         refusing.shutdown().await;
     }
 
-    fn expire(&self) {
+    /// Drop the uploads idle for longer than [`UPLOAD_IDLE`] and their shards; how many.
+    pub(super) fn expire(&self) -> usize {
         let expired = lock(&self.sessions).expire(Instant::now());
-        if !expired.is_empty() {
-            warn!(
-                expired = expired.len(),
-                "dropping idle uploads and their shards"
-            );
+        let n = expired.len();
+        if n > 0 {
+            warn!(expired = n, "dropping idle uploads and their shards");
             drop_off_thread(expired);
         }
+        n
     }
 
     async fn serve(&self, peer: PeerId, mut stream: Stream, slot: StreamSlot) {
