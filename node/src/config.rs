@@ -29,6 +29,8 @@ pub const DEFAULT_UNPAID_GRACE_SECS: u64 = 24 * 3600;
 pub const DEFAULT_SCRUB_MIB_PER_S: u64 = 32;
 /// A scrub pass starts every 30 days (Garage: 25-35 days).
 pub const DEFAULT_SCRUB_INTERVAL_SECS: u64 = 30 * 24 * 3600;
+/// The publisher asks the nodes that missed its network-wide delete again every 5 minutes.
+pub const DEFAULT_DELETE_RETRY_SECS: u64 = 300;
 /// Repair traffic at most 16 MiB/s per node (fetches to rebuild and pushes of rebuilt shards).
 pub const DEFAULT_REPAIR_MIB_PER_S: u64 = 16;
 /// A repair round (a survey of the stripes held here) every 10 minutes.
@@ -96,6 +98,9 @@ pub struct StorageSection {
     pub scrub_mib_per_s: u64,
     /// Seconds between the starts of two scrub passes over every shard.
     pub scrub_interval_secs: u64,
+    /// Seconds between two attempts of a publisher to reach the nodes that missed its
+    /// `cairn rm --network` (down, or refusing while a deal ran); it keeps asking for 30 days.
+    pub delete_retry_secs: u64,
 }
 
 /// `[erasure]`: defaults for uploads that do not choose their own.
@@ -267,6 +272,7 @@ impl Default for StorageSection {
             unpaid_grace_secs: DEFAULT_UNPAID_GRACE_SECS,
             scrub_mib_per_s: DEFAULT_SCRUB_MIB_PER_S,
             scrub_interval_secs: DEFAULT_SCRUB_INTERVAL_SECS,
+            delete_retry_secs: DEFAULT_DELETE_RETRY_SECS,
         }
     }
 }

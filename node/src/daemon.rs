@@ -223,6 +223,11 @@ impl Node {
             allow_colocation: config.network.allow_colocation,
             membership,
         };
+        let delete_retry = crate::cluster::DeleteRetry::new(
+            cluster.clone(),
+            std::time::Duration::from_secs(config.storage.delete_retry_secs.max(1)),
+        );
+        crate::worker::spawn(&mut tasks, &jobs, delete_retry, cancel.clone());
         if config.storage.scrub_mib_per_s > 0 {
             let scrubber = crate::scrub::Scrubber::new(
                 store.clone(),

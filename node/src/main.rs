@@ -347,7 +347,11 @@ async fn main() -> Result<()> {
                     }
                 }
                 if count("refused") + count("unreachable") > 0 {
-                    bail!("some nodes still hold {cid}: see above");
+                    let days = v["retried_for_secs"].as_u64().unwrap_or(0) / 86_400;
+                    bail!(
+                        "some nodes may still hold {cid}: see above (the node asks them again \
+                         for {days} days; `cairn node jobs` shows delete_retry)"
+                    );
                 }
             } else {
                 println!("unpinned {cid}, freed {} shards", v["freed_shards"]);

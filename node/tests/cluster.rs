@@ -447,3 +447,124 @@ fn too_few_nodes_is_a_clear_error() {
         assert_eq!(n.json("/v1/status")["shards"], 0);
     }
 }
+
+/// `cairn rm --network` while a holder is down: the others drop the checkpoint at once; the
+/// publisher asks the missing one again until it is back and drops it too; every node that
+/// dropped it refuses to pin it again (a tombstone), so a holder that missed the delete
+/// cannot spread it back.
+#[test]
+fn a_holder_down_during_a_delete_drops_the_checkpoint_when_back() {
+    let _one = one_at_a_time();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("model");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let mut random = vec![0u8; (3 << 20) + 777];
+    cairn_node::sample::fill_random(&mut 31, &mut random);
+    std::fs::write(src.join("weights.bin"), &random).expect("write");
+    let config = "[storage]\ndelete_retry_secs = 1\n\
+                  [erasure]\nk = 2\nm = 1\nstripe_size = 1048576\n";
+    let mut nodes = common::cluster(tmp.path(), 5, config, |_| Vec::new());
+    let root = ok(nodes[0].cli(&["put", src.to_str().expect("utf-8")]));
+    let m = manifest_of(&nodes[0], &root);
+    let manifest_bytes = Command::new("curl")
+        .args(["-sS", "-f", "-H", "accept: application/vnd.ipld.dag-cbor"])
+        .arg(format!("{}/v1/checkpoints/{root}", nodes[0].url))
+        .output()
+        .expect("curl")
+        .stdout;
+    let held = holders(&nodes, &m);
+    let down = (1..nodes.len())
+        .find(|i| held.values().any(|h| h.contains(i)))
+        .expect("a holder other than the publisher");
+    let down_id = nodes[down].json("/v1/status")["peer_id"]
+        .as_str()
+        .expect("peer id")
+        .to_owned();
+    nodes[down].kill9();
+
+    // The delete reaches every live node; the one down is reported and will be asked again.
+    let out = nodes[0].cli(&["rm", &root, "--network"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a delete that missed a node said it was complete"
+    );
+    assert!(
+        err.contains(&down_id) && err.contains("asks them again"),
+        "{err}"
+    );
+    let still = |i: usize, nodes: &[NodeProc]| -> usize {
+        m.shard_cids()
+            .filter(|c| nodes[i].json(&format!("/v1/shards/{c}"))["status"] == "ok")
+            .count()
+    };
+    for i in (0..nodes.len()).filter(|&i| i != down) {
+        assert_eq!(
+            still(i, &nodes),
+            0,
+            "node {i} kept shards of the deleted checkpoint"
+        );
+    }
+    let jobs = nodes[0].json("/v1/jobs");
+    let retry = jobs
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["name"] == "delete_retry")
+        .unwrap_or_else(|| panic!("no delete_retry job: {jobs}"))
+        .clone();
+    assert!(retry["progress"].is_string(), "{retry}");
+
+    // Back with its data: the publisher's retry reaches it and it drops the checkpoint.
+    let files = std::fs::read_dir(nodes[down].store_dir().join("shards"))
+        .expect("shard dir")
+        .flatten()
+        .flat_map(|fan| {
+            std::fs::read_dir(fan.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .count();
+    assert!(files > 0, "the node lost its shards while down");
+    let n = nodes.remove(down).restart();
+    nodes.insert(down, n);
+    let start = Instant::now();
+    let retry_progress = || -> String {
+        let jobs = nodes[0].json("/v1/jobs");
+        jobs.as_array()
+            .and_then(|a| a.iter().find(|j| j["name"] == "delete_retry"))
+            .and_then(|j| j["progress"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    while still(down, &nodes) > 0 || !retry_progress().starts_with("0 deletes waiting") {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the node that was down still holds the deleted checkpoint ({} shards; the \
+             publisher's retry: {})",
+            still(down, &nodes),
+            retry_progress()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Nobody who dropped it pins it again: an import of its manifest is refused as deleted.
+    for i in [down, 0] {
+        let [h, auth] = nodes[i].auth();
+        let out = Command::new("curl")
+            .args(["-sS", "-X", "POST", &h, &auth, "--data-binary", "@-"])
+            .arg(format!("{}/v1/manifests", nodes[i].url))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(&manifest_bytes)?;
+                c.wait_with_output()
+            })
+            .expect("curl");
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON answer");
+        assert_eq!(answer["error"]["code"], "deleted", "node {i}: {answer}");
+    }
+}

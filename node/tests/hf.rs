@@ -130,26 +130,8 @@ fn huggingface_hub_downloads_from_cairn() {
     // moves at most 1.1x its bytes plus one verification group per shard it touches.
     let tensor = tmp.path().join("tensor.bin");
     let name = "embeddings.word_embeddings.weight";
-    let listing = gw.json(&format!(
-        "/v1/checkpoints/{root}/files/model.safetensors/tensors"
-    ));
-    let t = listing["tensors"]
-        .as_array()
-        .expect("tensors")
-        .iter()
-        .find(|t| t["name"] == name)
-        .expect("the tensor is listed")
-        .clone();
-    let (start, end) = (
-        t["start"].as_u64().expect("start"),
-        t["end"].as_u64().expect("end"),
-    );
-    let bytes_in = || {
-        gw.json("/v1/status")["net_bytes_in"]
-            .as_u64()
-            .expect("bytes in")
-    };
-    let before = bytes_in();
+    let (start, end) = common::tensor_span(gw, &root, "model.safetensors", name);
+    let before = common::net_bytes_in(gw);
     ok(gw.cli(&[
         "get",
         &root,
@@ -178,25 +160,9 @@ fn huggingface_hub_downloads_from_cairn() {
         "tensor differs from safetensors' reading: {}",
         String::from_utf8_lossy(&same.stderr)
     );
-    let moved = bytes_in() - before;
+    let moved = common::net_bytes_in(gw) - before;
     let layout = cairn_erasure::Layout::new(K, M, STRIPE).expect("layout");
-    let touched: std::collections::BTreeSet<(u64, usize)> = layout
-        .pieces(size, start, end)
-        .iter()
-        .map(|p| (p.stripe, p.shard))
-        .collect();
-    let len = end - start;
-    let bound = len + len / 10 + cairn_erasure::GROUP_LEN as u64 * touched.len() as u64;
-    eprintln!(
-        "{name}: {len} bytes, {moved} on the wire over {} shards ({:.3}x)",
-        touched.len(),
-        moved as f64 / len as f64
-    );
-    assert!(moved > 0, "the gateway fetched nothing from its peers");
-    assert!(
-        moved <= bound,
-        "{moved} bytes moved for a tensor of {len} bytes (bound {bound})"
-    );
+    common::assert_tensor_bytes_moved(&layout, size, (start, end), moved);
 
     // `cairn tag` points the name's main at another root; the old commit id still resolves.
     let other = tmp.path().join("other");

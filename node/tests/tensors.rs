@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-
-use cairn_erasure::{GROUP_LEN, Layout};
+use cairn_erasure::Layout;
 use common::ok;
 
 const K: u8 = 3;
@@ -37,10 +35,7 @@ fn one_tensor_by_name_moves_only_its_pieces() {
         .find(|t| t["name"] == name)
         .expect("the tensor is listed")
         .clone();
-    let (start, end) = (
-        t["start"].as_u64().expect("start"),
-        t["end"].as_u64().expect("end"),
-    );
+    let (start, end) = common::tensor_span(gw, &root, "model.safetensors", name);
     assert_eq!(t["shape"], serde_json::json!([1024, 1024]));
     assert_eq!(t["dtype"], "F32");
     let n = u64::from_le_bytes(original[..8].try_into().expect("8 bytes"));
@@ -50,9 +45,7 @@ fn one_tensor_by_name_moves_only_its_pieces() {
     assert_eq!(start, 8 + n + offsets[0].as_u64().expect("offset"));
     assert_eq!(end, 8 + n + offsets[1].as_u64().expect("offset"));
 
-    let before = gw.json("/v1/status")["net_bytes_in"]
-        .as_u64()
-        .expect("bytes in");
+    let before = common::net_bytes_in(gw);
     let out = tmp.path().join("tensor.bin");
     ok(gw.cli(&[
         "get",
@@ -62,38 +55,17 @@ fn one_tensor_by_name_moves_only_its_pieces() {
         "-o",
         out.to_str().expect("utf-8"),
     ]));
-    let moved = gw.json("/v1/status")["net_bytes_in"]
-        .as_u64()
-        .expect("bytes in")
-        - before;
+    let moved = common::net_bytes_in(gw) - before;
     let got = std::fs::read(&out).expect("read tensor");
     assert!(
         got == original[start as usize..end as usize],
         "tensor bytes differ"
     );
 
-    // Bytes on the wire: at most 1.1x the tensor plus one verification group per shard it
-    // touches (alignment to 16 KiB groups and the shards' outboards).
+    // Bytes on the wire: at most 1.1x the tensor plus one verification group per shard.
     let size = original.len() as u64;
     let layout = Layout::new(K, M, STRIPE).expect("layout");
-    let touched: BTreeSet<(u64, usize)> = layout
-        .pieces(size, start, end)
-        .iter()
-        .map(|p| (p.stripe, p.shard))
-        .collect();
-    let len = end - start;
-    let bound = len + len / 10 + GROUP_LEN as u64 * touched.len() as u64;
-    eprintln!(
-        "tensor of {len} bytes: {moved} bytes on the wire over {} shards ({:.3}x)",
-        touched.len(),
-        moved as f64 / len as f64
-    );
-    assert!(moved > 0, "the gateway fetched nothing from its peers");
-    assert!(
-        moved <= bound,
-        "{moved} bytes moved for a tensor of {len} bytes over {} shards (bound {bound})",
-        touched.len()
-    );
+    common::assert_tensor_bytes_moved(&layout, size, (start, end), moved);
     // The whole file is 5x the tensor: a read that fetched more than its pieces shows.
     assert!(moved < size / 2);
 

@@ -80,6 +80,8 @@ pub enum CommitError {
     },
     #[error("shard {0} was stored for this upload but the manifest does not list it")]
     Unlisted(String),
+    #[error("{0} was deleted here by its publisher: it is not pinned again")]
+    Deleted(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }

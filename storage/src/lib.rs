@@ -17,6 +17,7 @@ pub use error::{BackendError, CommitError, OpenError, PutError, ReadError, Unpin
 pub use mem::MemBackend;
 pub use rocks::{RocksBackend, RocksOptions, ValueMode};
 pub use store::{
-    CheckpointInfo, MAX_NAME_HISTORY, MAX_NAME_LEN, NameEntry, NameError, PutSession, ScrubState,
-    ShardPlace, ShardStatus, Store, StoreStats, check_name, record_charge, shard_charge,
+    CheckpointInfo, MAX_NAME_HISTORY, MAX_NAME_LEN, MAX_PENDING_PEERS, NameEntry, NameError,
+    PendingDelete, PutSession, ScrubState, ShardPlace, ShardStatus, Store, StoreStats, check_name,
+    record_charge, shard_charge,
 };

@@ -8,8 +8,10 @@ use tracing::{debug, warn};
 use crate::backend::{Backend, BatchOp};
 use crate::error::{BackendError, CommitError, OpenError, PutError, ReadError, UnpinError};
 
+mod deleted;
 mod names;
 mod scrub;
+pub use deleted::{MAX_PENDING_PEERS, PendingDelete};
 pub use names::{MAX_NAME_HISTORY, MAX_NAME_LEN, NameEntry, NameError, check_name};
 pub use scrub::{ScrubState, ShardPlace};
 
@@ -833,6 +835,9 @@ impl<B: Backend> PutSession<B> {
         let _guard = lock(&inner.commit);
         let b = &inner.backend;
         let ck = key(CHECKPOINT, &root);
+        if self.store.tombstone(&root)?.is_some() {
+            return Err(CommitError::Deleted(root.to_string()));
+        }
         if let Some(existing) = b.get(&ck)? {
             // Pinned already; an operator's put of a share received earlier keeps it.
             if kept

@@ -221,6 +221,21 @@ pub(super) async fn import_manifest<B: Backend>(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_manifest", e.to_string()))?;
     let store = s.store.clone();
     blocking(move || {
+        let deleted = |root: String| {
+            ApiError::new(
+                StatusCode::GONE,
+                "deleted",
+                format!("{root} was deleted here by its publisher: it is not pinned again"),
+            )
+        };
+        if let Ok((_, root)) = manifest.encode_with_cid()
+            && store
+                .tombstone(&root)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .is_some()
+        {
+            return Err(deleted(root.to_string()));
+        }
         let mut session = store.begin_put();
         let mut missing = Vec::new();
         for cid in manifest.shard_cids() {
@@ -244,7 +259,10 @@ pub(super) async fn import_manifest<B: Backend>(
         }
         let root = session
             .commit(&manifest, "imported", 0)
-            .map_err(|e: CommitError| ApiError::internal(e.to_string()))?;
+            .map_err(|e: CommitError| match e {
+                CommitError::Deleted(root) => deleted(root),
+                e => ApiError::internal(e.to_string()),
+            })?;
         let stripes: u64 = manifest.files.iter().map(|f| f.stripes.len() as u64).sum();
         Ok(Json(PutAnswer {
             root: root.to_string(),

@@ -7,14 +7,20 @@
 use serde::Serialize;
 
 use super::*;
+use cairn_storage::PendingDelete;
+
 use crate::chain::Chain;
 use crate::chain::ending::EndedDeals;
 use crate::net::transfer::{DeleteError, TransferError, delete_for};
+use crate::worker::{Step, Worker};
 
 /// Members asked at once.
 const ASKED_AT_ONCE: usize = 8;
 /// How long a member may take to answer a delete.
 const DELETE_DEADLINE: Duration = Duration::from_secs(15);
+/// How long the nodes that missed a delete (down, or refusing while a deal ran) are asked
+/// again.
+pub const DELETE_RETRY_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A network-wide delete that could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,13 @@ pub enum NodeAnswer {
     Unreachable { reason: String },
 }
 
+impl NodeAnswer {
+    /// Whether the node may still hold the checkpoint, so it is asked again later.
+    fn ask_again(&self) -> bool {
+        matches!(self, Self::Refused { .. } | Self::Unreachable { .. })
+    }
+}
+
 /// What a network-wide delete did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DeleteReport {
@@ -69,6 +82,8 @@ pub struct DeleteReport {
     pub deals_terminated: Vec<u64>,
     pub deals_cancelled: Vec<u64>,
     pub refunded_wei: String,
+    /// How long the nodes that did not confirm are asked again (0: every node confirmed).
+    pub retried_for_secs: u64,
 }
 
 impl<B: Backend> Cluster<B> {
@@ -114,24 +129,7 @@ impl<B: Backend> Cluster<B> {
         others.dedup();
         others.retain(|p| *p != me);
         let mut answers = libp2p::futures::stream::iter(others)
-            .map(|peer| async move {
-                let r =
-                    tokio::time::timeout(DELETE_DEADLINE, self.transfers.delete(peer, &root)).await;
-                let answer = match r {
-                    Ok(Ok(shards)) => NodeAnswer::Freed { shards },
-                    Ok(Err(e)) if e.is_not_found() => NodeAnswer::NotHeld,
-                    Ok(Err(e @ TransferError::Remote { .. })) => NodeAnswer::Refused {
-                        reason: e.to_string(),
-                    },
-                    Ok(Err(e)) => NodeAnswer::Unreachable {
-                        reason: e.to_string(),
-                    },
-                    Err(_) => NodeAnswer::Unreachable {
-                        reason: format!("no answer within {DELETE_DEADLINE:?}"),
-                    },
-                };
-                (peer, answer)
-            })
+            .map(|peer| async move { (peer, self.ask_delete(peer, &root).await) })
             .buffer_unordered(ASKED_AT_ONCE);
         let mut report = DeleteReport {
             root: root.to_string(),
@@ -140,10 +138,31 @@ impl<B: Backend> Cluster<B> {
             refunded_wei: ended.refunded_wei.to_string(),
             ..DeleteReport::default()
         };
+        let mut again = Vec::new();
         while let Some((peer, answer)) = answers.next().await {
+            if answer.ask_again() {
+                again.push(peer.to_bytes());
+            }
             report.nodes.insert(peer.to_string(), answer);
         }
         drop(answers);
+        // The nodes that did not confirm are asked again by the retry job (`delete_retry`).
+        if !again.is_empty() {
+            let pending = PendingDelete {
+                root,
+                started: now_unix(),
+                peers: again,
+            };
+            let store = self.store.clone();
+            let saved = tokio::task::spawn_blocking(move || store.set_pending_delete(&pending))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match saved {
+                Ok(()) => report.retried_for_secs = DELETE_RETRY_FOR.as_secs(),
+                Err(e) => warn!(%root, error = %e, "cannot save the nodes to ask again"),
+            }
+        }
         let here = match delete_for(&self.store, chain, me, root).await {
             Ok(n) => NodeAnswer::Freed { shards: n as u64 },
             Err(DeleteError::NotPinned(_)) => NodeAnswer::NotHeld,
@@ -161,5 +180,114 @@ impl<B: Backend> Cluster<B> {
             })
             .sum();
         Ok(report)
+    }
+
+    /// Ask `peer` to unpin `root` (this node being its publisher), within a deadline.
+    async fn ask_delete(&self, peer: PeerId, root: &Cid) -> NodeAnswer {
+        let r = tokio::time::timeout(DELETE_DEADLINE, self.transfers.delete(peer, root)).await;
+        match r {
+            Ok(Ok(shards)) => NodeAnswer::Freed { shards },
+            Ok(Err(e)) if e.is_not_found() => NodeAnswer::NotHeld,
+            Ok(Err(e @ TransferError::Remote { .. })) => NodeAnswer::Refused {
+                reason: e.to_string(),
+            },
+            Ok(Err(e)) => NodeAnswer::Unreachable {
+                reason: e.to_string(),
+            },
+            Err(_) => NodeAnswer::Unreachable {
+                reason: format!("no answer within {DELETE_DEADLINE:?}"),
+            },
+        }
+    }
+}
+
+/// The publisher's `delete_retry` job: every `every`, the nodes that did not confirm a
+/// network-wide delete are asked again, until they do or [`DELETE_RETRY_FOR`] has passed.
+pub struct DeleteRetry<B: Backend> {
+    pub cluster: Cluster<B>,
+    pub every: Duration,
+    /// Deletes pending and nodes still to ask, after the last round.
+    pending: (usize, usize),
+    /// Nodes that confirmed on a retry, since start.
+    confirmed: u64,
+}
+
+/// A retry round failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetryError {
+    #[error("reading the pending deletes: {0}")]
+    Read(#[from] ReadError),
+    #[error("saving a pending delete: {0}")]
+    Save(#[from] cairn_storage::BackendError),
+    #[error("store task failed: {0}")]
+    Thread(String),
+}
+
+impl<B: Backend> DeleteRetry<B> {
+    pub fn new(cluster: Cluster<B>, every: Duration) -> Self {
+        Self {
+            cluster,
+            every,
+            pending: (0, 0),
+            confirmed: 0,
+        }
+    }
+
+    async fn store<T: Send + 'static, E: Into<RetryError> + Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store<B>) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, RetryError> {
+        let store = self.cluster.store.clone();
+        tokio::task::spawn_blocking(move || f(&store).map_err(Into::into))
+            .await
+            .map_err(|e| RetryError::Thread(e.to_string()))?
+    }
+}
+
+impl<B: Backend> Worker for DeleteRetry<B> {
+    type Error = RetryError;
+
+    fn name(&self) -> &'static str {
+        "delete_retry"
+    }
+
+    async fn step(&mut self) -> Result<Step, RetryError> {
+        let all = self.store(|s| s.pending_deletes()).await?;
+        let now = now_unix();
+        let mut left = (0, 0);
+        for mut p in all {
+            if now.saturating_sub(p.started) > DELETE_RETRY_FOR.as_secs() {
+                warn!(root = %p.root, nodes = p.peers.len(), "giving up asking nodes to delete a checkpoint");
+                p.peers.clear();
+            }
+            let mut still = Vec::new();
+            for bytes in std::mem::take(&mut p.peers) {
+                let Ok(peer) = PeerId::from_bytes(&bytes) else {
+                    continue;
+                };
+                let answer = self.cluster.ask_delete(peer, &p.root).await;
+                if answer.ask_again() {
+                    still.push(bytes);
+                } else {
+                    info!(root = %p.root, %peer, ?answer, "a node that missed a delete confirmed it");
+                    self.confirmed += 1;
+                }
+            }
+            p.peers = still;
+            if !p.peers.is_empty() {
+                left = (left.0 + 1, left.1 + p.peers.len());
+            }
+            self.store(move |s| s.set_pending_delete(&p)).await?;
+        }
+        self.pending = left;
+        Ok(Step::Idle(self.every))
+    }
+
+    fn progress(&self) -> String {
+        format!(
+            "{} deletes waiting on {} nodes; {} nodes confirmed on a retry since start",
+            self.pending.0, self.pending.1, self.confirmed
+        )
     }
 }

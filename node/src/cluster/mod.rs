@@ -31,7 +31,7 @@ mod locate;
 mod place;
 mod read;
 
-pub use delete::{DeleteReport, NetworkDeleteError, NodeAnswer};
+pub use delete::{DELETE_RETRY_FOR, DeleteReport, DeleteRetry, NetworkDeleteError, NodeAnswer};
 pub use locate::Holders;
 
 /// Commits tried with a node's possibly landed hedge losers named (the second after a wait,

@@ -325,31 +325,29 @@ mod tests {
     #[test]
     fn a_coordinator_hands_over_to_a_new_holder_that_outranks_it() {
         let key = [3u8; 32];
-        let holders = peers(4);
+        let five = peers(5);
+        let top = coordinator(&key, five.iter().copied()).expect("peers");
+        // Four holders without the top one; a rebuilt shard then goes to the top one.
+        let holders: Vec<PeerId> = five.iter().copied().filter(|p| *p != top).collect();
         let c = coordinator(&key, holders.iter().copied()).expect("holders");
         assert!(is_coordinator(&key, holders.iter().copied(), c));
-        // Rebuilt shards go to members that may outrank the coordinator; once one of them
-        // holds a shard, the old coordinator stops and the newcomer alone goes on.
-        let others = peers(64);
-        let up = others
+        assert!(
+            !is_coordinator(&key, five.iter().copied(), c),
+            "the old one stops"
+        );
+        assert!(
+            is_coordinator(&key, five.iter().copied(), top),
+            "the newcomer goes on"
+        );
+        // A newcomer that does not outrank the coordinator leaves it in charge.
+        let lower = five
             .iter()
             .copied()
-            .find(|p| coordinator(&key, holders.iter().copied().chain([*p])) == Some(*p))
-            .expect("some member outranks the coordinator");
-        let with_up: Vec<PeerId> = holders.iter().copied().chain([up]).collect();
-        assert!(!is_coordinator(&key, with_up.iter().copied(), c));
-        assert!(is_coordinator(&key, with_up.iter().copied(), up));
-        // One that does not outrank it leaves it in charge.
-        let down = others
-            .iter()
-            .copied()
-            .find(|p| coordinator(&key, holders.iter().copied().chain([*p])) == Some(c))
-            .expect("some member ranks below the coordinator");
-        assert!(is_coordinator(
-            &key,
-            holders.iter().copied().chain([down]),
-            c
-        ));
+            .find(|p| *p != top)
+            .expect("four others");
+        let without: Vec<PeerId> = five.iter().copied().filter(|p| *p != lower).collect();
+        assert!(is_coordinator(&key, without.iter().copied(), top));
+        assert!(is_coordinator(&key, five.iter().copied(), top));
     }
 
     #[test]

@@ -331,3 +331,56 @@ pub fn cluster_with(
     }
     nodes
 }
+
+/// The byte span `(start, end)` within the file of tensor `name` of a safetensors `file`, as
+/// `node`'s tensor listing gives it.
+pub fn tensor_span(node: &NodeProc, root: &str, file: &str, name: &str) -> (u64, u64) {
+    let listing = node.json(&format!("/v1/checkpoints/{root}/files/{file}/tensors"));
+    let t = listing["tensors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tensors in {listing}"))
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("tensor {name} is not listed: {listing}"));
+    (
+        t["start"].as_u64().expect("start"),
+        t["end"].as_u64().expect("end"),
+    )
+}
+
+/// Bytes this node has received from its peers.
+pub fn net_bytes_in(node: &NodeProc) -> u64 {
+    node.json("/v1/status")["net_bytes_in"]
+        .as_u64()
+        .expect("bytes in")
+}
+
+/// Asserts that a read of `start..end` of a file of `size` bytes, coded with `layout`, moved
+/// at most 1.1x its bytes plus one 16 KiB verification group per shard it touched (alignment
+/// to groups and the shards' outboards), and something at all. Returns the shards touched.
+pub fn assert_tensor_bytes_moved(
+    layout: &cairn_erasure::Layout,
+    size: u64,
+    (start, end): (u64, u64),
+    moved: u64,
+) -> usize {
+    let touched: std::collections::BTreeSet<(u64, usize)> = layout
+        .pieces(size, start, end)
+        .iter()
+        .map(|p| (p.stripe, p.shard))
+        .collect();
+    let len = end - start;
+    let bound = len + len / 10 + cairn_erasure::GROUP_LEN as u64 * touched.len() as u64;
+    eprintln!(
+        "tensor of {len} bytes: {moved} bytes on the wire over {} shards ({:.3}x)",
+        touched.len(),
+        moved as f64 / len as f64
+    );
+    assert!(moved > 0, "the gateway fetched nothing from its peers");
+    assert!(
+        moved <= bound,
+        "{moved} bytes moved for a tensor of {len} bytes over {} shards (bound {bound})",
+        touched.len()
+    );
+    touched.len()
+}

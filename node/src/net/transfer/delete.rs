@@ -1,7 +1,8 @@
 //! Cluster-wide delete, a holder's side: the publisher the manifest names (its peer id,
 //! authenticated by the connection's handshake) asks this node to unpin a checkpoint. The
 //! node refuses anyone else, and refuses while a deal it accepted on the checkpoint still
-//! runs (dropping the data would fail that deal's proofs and be slashed).
+//! runs (dropping the data would fail that deal's proofs and be slashed). A delete it does
+//! leaves a tombstone: the store never pins that root again.
 
 use cairn_erasure::Cid;
 use cairn_storage::{Backend, ReadError, Store, UnpinError};
@@ -10,6 +11,7 @@ use thiserror::Error;
 
 use crate::chain::Chain;
 use crate::chain::ending::running_deals_on;
+use crate::pipeline::now_unix;
 
 /// A delete this node refused or could not do.
 #[derive(Debug, Error)]
@@ -39,6 +41,8 @@ pub enum DeleteError {
     Read(ReadError),
     #[error(transparent)]
     Unpin(UnpinError),
+    #[error("recording the delete: {0}")]
+    Tombstone(cairn_storage::BackendError),
     #[error("delete task failed: {0}")]
     Thread(String),
 }
@@ -79,6 +83,13 @@ pub async fn delete_for<B: Backend>(
             ends: d.ends,
         });
     }
+    // The tombstone first: from here on this node never pins the root again (a holder that
+    // missed the delete cannot repair it back onto this one).
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.set_tombstone(&root, now_unix()))
+        .await
+        .map_err(|e| DeleteError::Thread(e.to_string()))?
+        .map_err(DeleteError::Tombstone)?;
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.unpin(&root))
         .await

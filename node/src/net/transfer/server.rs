@@ -86,6 +86,7 @@ fn commit_status(e: &CommitError) -> Status {
     match e {
         CommitError::StoreFull { .. } => Status::StoreFull,
         CommitError::MissingShard(_) | CommitError::Unlisted(_) => Status::BadRequest,
+        CommitError::Deleted(_) => Status::Forbidden,
         _ => Status::Internal,
     }
 }
