@@ -280,8 +280,24 @@ impl<B: Backend> Cluster<B> {
         // Copies of cancelled pushes that no commit named: the node may hold one in the upload
         // (or get it late), pinned by nothing. The upload is dropped there at once rather than
         // at its idle expiry (a committed upload is gone already: the abort finds nothing).
+        // Not waited for: such a node is often the hung one, and must not hold the answer.
         if !maybes.is_empty() {
-            abort_on(maybes.keys().copied().collect());
+            let transfers = self.transfers.clone();
+            let peers: Vec<PeerId> = maybes.keys().copied().collect();
+            rt.spawn(async move {
+                let mut f: FuturesUnordered<_> = peers
+                    .into_iter()
+                    .map(|p| {
+                        let t = &transfers;
+                        async move { (p, t.abort(p, upload_id).await) }
+                    })
+                    .collect();
+                while let Some((peer, r)) = f.next().await {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "abort not confirmed; the upload expires there");
+                    }
+                }
+            });
         }
         if !failures.is_empty() {
             abort_on(participants.keys().copied().collect());
