@@ -261,19 +261,26 @@ impl<B: Backend> Worker for DeleteRetry<B> {
                 warn!(root = %p.root, nodes = p.peers.len(), "giving up asking nodes to delete a checkpoint");
                 p.peers.clear();
             }
+            // Asked as the first time: a few at once, each within the deadline.
+            let root = p.root;
+            let cluster = &self.cluster;
+            let peers: Vec<PeerId> = std::mem::take(&mut p.peers)
+                .iter()
+                .filter_map(|b| PeerId::from_bytes(b).ok())
+                .collect();
+            let mut answers = libp2p::futures::stream::iter(peers)
+                .map(|peer| async move { (peer, cluster.ask_delete(peer, &root).await) })
+                .buffer_unordered(ASKED_AT_ONCE);
             let mut still = Vec::new();
-            for bytes in std::mem::take(&mut p.peers) {
-                let Ok(peer) = PeerId::from_bytes(&bytes) else {
-                    continue;
-                };
-                let answer = self.cluster.ask_delete(peer, &p.root).await;
+            while let Some((peer, answer)) = answers.next().await {
                 if answer.ask_again() {
-                    still.push(bytes);
+                    still.push(peer.to_bytes());
                 } else {
-                    info!(root = %p.root, %peer, ?answer, "a node that missed a delete confirmed it");
+                    info!(%root, %peer, ?answer, "a node that missed a delete confirmed it");
                     self.confirmed += 1;
                 }
             }
+            drop(answers);
             p.peers = still;
             if !p.peers.is_empty() {
                 left = (left.0 + 1, left.1 + p.peers.len());
