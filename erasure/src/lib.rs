@@ -11,6 +11,7 @@
 //! The byte-level format is described in `FORMAT.md` next to this crate.
 
 pub mod coder;
+pub mod filehash;
 pub mod ids;
 pub mod layout;
 pub mod manifest;
@@ -18,6 +19,7 @@ pub mod stripe;
 pub mod verify;
 
 pub use coder::{Coder, DecodeError};
+pub use filehash::{FileHash, StripeHash, hash_stripe};
 pub use ids::{
     CidError, cid_from_bytes, manifest_cid, parse_cid, parse_shard_cid, shard_cid, shard_hash,
 };

@@ -99,8 +99,9 @@ fn main() {
                 path: "bench.bin".into(),
                 reader: Repeat::new(&data, total),
             },
+            Default::default(),
             &|_| {},
-            &mut |_| Ok(()),
+            &mut |_, _| Ok(()),
         )
         .expect("encode");
         black_box(manifest);

@@ -31,6 +31,8 @@ pub const DEFAULT_SCRUB_MIB_PER_S: u64 = 32;
 pub const DEFAULT_SCRUB_INTERVAL_SECS: u64 = 30 * 24 * 3600;
 /// The publisher asks the nodes that missed its network-wide delete again every 5 minutes.
 pub const DEFAULT_DELETE_RETRY_SECS: u64 = 300;
+/// Default of `storage.upload_idle_secs`: an hour to come back to a cut-off put.
+pub const DEFAULT_UPLOAD_IDLE_SECS: u64 = 3600;
 /// Repair traffic at most 16 MiB/s per node (fetches to rebuild and pushes of rebuilt shards).
 pub const DEFAULT_REPAIR_MIB_PER_S: u64 = 16;
 /// A repair round (a survey of the stripes held here) every 10 minutes.
@@ -101,6 +103,10 @@ pub struct StorageSection {
     /// Seconds between two attempts of a publisher to reach the nodes that missed its
     /// `cairn rm --network` (down, or refusing while a deal ran); it keeps asking for 30 days.
     pub delete_retry_secs: u64,
+    /// Seconds an interrupted upload is kept for a later run of the same put to go on from
+    /// (its placed stripes here as a gateway, and another gateway's upload session here as a
+    /// storing node, which idles out after as long without a push).
+    pub upload_idle_secs: u64,
 }
 
 /// `[erasure]`: defaults for uploads that do not choose their own.
@@ -273,6 +279,7 @@ impl Default for StorageSection {
             scrub_mib_per_s: DEFAULT_SCRUB_MIB_PER_S,
             scrub_interval_secs: DEFAULT_SCRUB_INTERVAL_SECS,
             delete_retry_secs: DEFAULT_DELETE_RETRY_SECS,
+            upload_idle_secs: DEFAULT_UPLOAD_IDLE_SECS,
         }
     }
 }

@@ -178,11 +178,15 @@ impl Node {
             crate::net::ServerLimits {
                 peer_pending_bytes: config.storage.peer_pending_bytes,
                 max_sessions_per_peer: config.storage.max_uploads_per_peer,
+                upload_idle: std::time::Duration::from_secs(config.storage.upload_idle_secs.max(1)),
             },
             Arc::clone(&stats),
             chain.clone(),
         );
-        let upload_sweep = crate::net::UploadSweeper::new(Arc::clone(&server));
+        let upload_sweep = crate::net::UploadSweeper::new(
+            Arc::clone(&server),
+            std::time::Duration::from_secs(config.storage.upload_idle_secs.max(1)),
+        );
         tasks.spawn(server.run(cancel.clone()));
         crate::worker::spawn(&mut tasks, &jobs, upload_sweep, cancel.clone());
         let publisher = match chain {
@@ -279,6 +283,7 @@ impl Node {
             )),
             tensors: Default::default(),
             jobs,
+            uploads: Default::default(),
         };
         let stop = cancel.clone();
         tasks.spawn(async move {

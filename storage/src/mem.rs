@@ -17,6 +17,19 @@ impl MemBackend {
         Self::default()
     }
 
+    /// A copy of everything stored: what a process restarted over the same data would find.
+    pub fn snapshot(&self) -> Self {
+        fn copy<T: Clone>(m: &Mutex<T>) -> T {
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+        Self {
+            index: Mutex::new(copy(&self.index)),
+            blobs: Mutex::new(copy(&self.blobs)),
+        }
+    }
+
     /// Flip one byte of a blob (test fault injection). Returns whether the blob existed.
     pub fn flip_blob_byte(&self, key: &[u8], at: usize) -> bool {
         let mut blobs = self.blobs.lock().expect("mem backend lock");

@@ -11,9 +11,11 @@ use crate::error::{BackendError, CommitError, OpenError, PutError, ReadError, Un
 mod deleted;
 mod names;
 mod scrub;
+mod uploads;
 pub use deleted::{MAX_PENDING_PEERS, PendingDelete};
 pub use names::{MAX_NAME_HISTORY, MAX_NAME_LEN, NameEntry, NameError, check_name};
 pub use scrub::{ScrubState, ShardPlace};
+pub use uploads::{StagedRecord, UPLOAD_KEY_LEN};
 
 /// How many shards of a stripe [`PutSession::put_stripe`] writes at once. Measured on a
 /// virtio disk (ARCHITECTURE.md): files written and synced one at a time reached half the

@@ -36,9 +36,11 @@ pub mod names;
 mod read;
 pub mod routes;
 pub mod tensors;
+mod uploads;
 mod write;
 
 pub use info::LineageEntry;
+pub use uploads::{UploadLocks, UploadStatus};
 pub use write::{PutAnswer, PutQuery};
 
 /// Most memory one stripe of an upload may need (data and parity shards); bounds what a client
@@ -70,6 +72,8 @@ pub struct AppState<B: Backend> {
     pub tensors: Arc<tensors::HeaderCache>,
     /// The node's background jobs and their status.
     pub jobs: crate::worker::Jobs,
+    /// Resumable puts under way, one per upload key.
+    pub uploads: Arc<uploads::UploadLocks>,
 }
 
 impl<B: Backend> Clone for AppState<B> {
@@ -86,6 +90,7 @@ impl<B: Backend> Clone for AppState<B> {
             access: Arc::clone(&self.access),
             tensors: Arc::clone(&self.tensors),
             jobs: self.jobs.clone(),
+            uploads: Arc::clone(&self.uploads),
         }
     }
 }

@@ -63,6 +63,7 @@ pub fn table<B: Backend>() -> Table<B> {
         get(info::lineage::<B>),
     )
     .add("/v1/shards/{cid}", &["GET"], get(info::shard_status::<B>))
+    .add("/v1/uploads/{key}", &["GET"], get(uploads::show::<B>))
     .add(
         "/v1/checkpoints/{cid}/files/{*path}",
         &["GET", "HEAD"],
@@ -196,6 +197,7 @@ mod tests {
             access: Arc::new(auth::Access::new("t".into(), addr, &[])),
             tensors: Default::default(),
             jobs: Default::default(),
+            uploads: Default::default(),
         };
         let app = router(state);
         tokio::spawn(async move { axum::serve(listener, app).await });

@@ -15,6 +15,12 @@ pub struct PutQuery {
     parent: Option<String>,
     /// Also point this name (`org/model`) of the node's name table at the new root.
     tag: Option<String>,
+    /// Make the put resumable under this key (64 hex digits, chosen by the client from what
+    /// it uploads): if it is cut off, a later put with the same key goes on from the last
+    /// placed stripe.
+    resume: Option<String>,
+    /// The body starts at this byte of the upload (a resumed put; see `GET /v1/uploads/{key}`).
+    offset: Option<u64>,
 }
 
 /// Answer to a successful upload.
@@ -89,33 +95,99 @@ pub(super) async fn put_checkpoint<B: Backend>(
         .clone()
         .or_else(|| q.path.clone())
         .unwrap_or_default();
+    let params = crate::cluster::resume::PutParams {
+        k: u8::try_from(layout.k()).expect("k <= 64"),
+        m: u8::try_from(layout.m()).expect("m <= 64"),
+        stripe_size: layout.stripe_size(),
+        path: path.clone(),
+        name: name.clone(),
+    };
+    let (resumable, running) =
+        match uploads::begin(&s, q.resume.as_deref(), q.offset.unwrap_or(0), params).await? {
+            Some((r, guard)) => (Some(r), Some(guard)),
+            None => (None, None),
+        };
+    // The put runs as its own task: a client that goes away drops this request, while the
+    // put goes on to record the stripe it was placing, or to commit, publish and name what
+    // it stored (a later run of the same put then finds it done).
+    let checked = CheckedPut {
+        layout,
+        parent,
+        path,
+        name,
+        resumable,
+        running,
+    };
+    let task = tokio::spawn(run_put(s, q, body, checked));
+    task.await
+        .map_err(|e| ApiError::internal(format!("the put task failed: {e}")))?
+        .map(Json)
+}
+
+/// A put's request, checked.
+struct CheckedPut {
+    layout: Layout,
+    parent: Option<Cid>,
+    /// The single file's name (`None`: a tar archive).
+    path: Option<String>,
+    /// Recorded with the pin.
+    name: String,
+    resumable: Option<crate::cluster::Resumable>,
+    /// This put's hold on its upload key.
+    running: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// The put itself, once its request is checked.
+async fn run_put<B: Backend>(
+    s: AppState<B>,
+    q: PutQuery,
+    body: Body,
+    checked: CheckedPut,
+) -> Result<PutAnswer, ApiError> {
+    let CheckedPut {
+        layout,
+        parent,
+        path,
+        name,
+        resumable,
+        running,
+    } = checked;
+    // A second run of this put waits until this one has placed, committed and published.
+    let _running = running;
     let permit = Arc::clone(&s.put_permits)
         .acquire_owned()
         .await
         .map_err(|_| ApiError::internal("node is shutting down"))?;
     let start = (body.into_data_stream(), Pace::default());
-    let stream = futures_util::stream::unfold(Some(start), |state| async move {
-        let (mut body, mut pace) = state?;
-        let waiting = Instant::now();
-        let next = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, body.next()).await;
-        let waited = waiting.elapsed();
-        match next {
-            Ok(Some(Ok(chunk))) => match pace.add(waited, chunk.len() as u64) {
-                Ok(()) => Some((Ok(chunk), Some((body, pace)))),
-                Err(slow) => Some((
-                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, slow)),
+    let received = s.metrics.http.put_body_bytes.clone();
+    let stream = futures_util::stream::unfold(Some(start), move |state| {
+        let received = received.clone();
+        async move {
+            let (mut body, mut pace) = state?;
+            let waiting = Instant::now();
+            let next = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, body.next()).await;
+            let waited = waiting.elapsed();
+            match next {
+                Ok(Some(Ok(chunk))) => match pace.add(waited, {
+                    received.inc_by(chunk.len() as u64);
+                    chunk.len() as u64
+                }) {
+                    Ok(()) => Some((Ok(chunk), Some((body, pace)))),
+                    Err(slow) => Some((
+                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, slow)),
+                        None,
+                    )),
+                },
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no upload data for {} s", CLIENT_IDLE_TIMEOUT.as_secs()),
+                    )),
                     None,
                 )),
-            },
-            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no upload data for {} s", CLIENT_IDLE_TIMEOUT.as_secs()),
-                )),
-                None,
-            )),
+            }
         }
     });
     let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
@@ -152,7 +224,10 @@ pub(super) async fn put_checkpoint<B: Backend>(
                 upload,
                 &name,
                 &report,
-                plan.then_some(&mut planner),
+                crate::cluster::PutWith {
+                    planner: plan.then_some(&mut planner),
+                    resumable,
+                },
             )?,
             None => {
                 let (root, manifest) = ingest(&store, layout, upload, &name, &report)?;
@@ -201,7 +276,7 @@ pub(super) async fn put_checkpoint<B: Backend>(
     let stripes: u64 = manifest.files.iter().map(|f| f.stripes.len() as u64).sum();
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(%root, size, stripes, secs, "checkpoint stored");
-    Ok(Json(PutAnswer {
+    Ok(PutAnswer {
         root: root.to_string(),
         files: manifest.files.len(),
         size,
@@ -209,7 +284,7 @@ pub(super) async fn put_checkpoint<B: Backend>(
         shards: stripes * layout.total() as u64,
         tag: q.tag,
         chain,
-    }))
+    })
 }
 
 pub(super) async fn import_manifest<B: Backend>(

@@ -122,6 +122,16 @@ impl DealPlanner {
         }
     }
 
+    /// Chunk roots of a shard computed earlier (an interrupted put's records).
+    pub fn add_roots(&mut self, cid: Cid, roots: Vec<Node>) {
+        self.roots.entry(cid).or_insert(roots);
+    }
+
+    /// A shard's chunk roots (empty if it was not added).
+    pub fn roots(&self, cid: &Cid) -> &[Node] {
+        self.roots.get(cid).map_or(&[], Vec::as_slice)
+    }
+
     /// The commitment of each holder, given which holders took each shard.
     pub fn commitments<P: Copy + Eq + std::hash::Hash>(
         &self,
@@ -164,19 +174,25 @@ mod tests {
             path: "w.bin".into(),
             reader: &data[..],
         };
-        let manifest = crate::pipeline::encode(layout, upload, &|_| {}, &mut |enc| {
-            for (i, cid) in enc.shards.iter().enumerate() {
-                planner.add_shard(&cid.cid, enc.shard(i));
-                // This node takes shard 0 and 2 of every stripe; another node shard 1.
-                if i != 1 {
-                    session.put_shard(cid, enc.shard(i))?;
-                    holders.entry(cid.cid).or_default().push(0);
-                } else {
-                    holders.entry(cid.cid).or_default().push(1);
+        let manifest = crate::pipeline::encode(
+            layout,
+            upload,
+            Default::default(),
+            &|_| {},
+            &mut |enc, _| {
+                for (i, cid) in enc.shards.iter().enumerate() {
+                    planner.add_shard(&cid.cid, enc.shard(i));
+                    // This node takes shard 0 and 2 of every stripe; another node shard 1.
+                    if i != 1 {
+                        session.put_shard(cid, enc.shard(i))?;
+                        holders.entry(cid.cid).or_default().push(0);
+                    } else {
+                        holders.entry(cid.cid).or_default().push(1);
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .expect("encode");
         let root = session.commit_partial(&manifest, "w", 0).expect("commit");
         let held = held_data(&store, &root, &manifest).expect("held");

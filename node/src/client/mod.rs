@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 pub use crate::api::PutAnswer;
 
 mod names;
+mod put;
 pub use names::TensorRead;
+pub use put::upload_key;
 
 /// A client operation failed.
 #[derive(Debug, Error)]
@@ -255,43 +257,6 @@ pub fn walk(dir: &Path) -> Result<Vec<(PathBuf, String, u64)>, ClientError> {
     Ok(out)
 }
 
-/// `Write` into a bounded channel of body chunks (1 MiB each), counting bytes.
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-    pb: ProgressBar,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 1 << 20 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(1 << 20),
-        ));
-        self.pb.inc(chunk.len() as u64);
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload aborted"))
-    }
-}
-
-fn body_from(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> reqwest::Body {
-    reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
-}
-
 impl Client {
     pub fn new(base: &str) -> Self {
         let http = reqwest::Client::builder()
@@ -307,112 +272,15 @@ impl Client {
     }
 
     /// A write request with the node's token.
-    fn write(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    pub(crate) fn write(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
-    }
-
-    /// Upload a file or a folder; returns the node's answer with the root CID.
-    pub async fn put(&self, path: &Path, opts: &PutOptions) -> Result<PutAnswer, ClientError> {
-        let meta = std::fs::metadata(path).map_err(io_err(path))?;
-        let mut query: Vec<(&str, String)> = Vec::new();
-        if let Some(n) = &opts.name {
-            query.push(("name", n.clone()));
-        }
-        if let Some(k) = opts.k {
-            query.push(("k", k.to_string()));
-        }
-        if let Some(m) = opts.m {
-            query.push(("m", m.to_string()));
-        }
-        if let Some(p) = &opts.parent {
-            query.push(("parent", p.clone()));
-        }
-        if let Some(s) = opts.stripe_size {
-            query.push(("stripe_size", s.to_string()));
-        }
-        if let Some(t) = &opts.tag {
-            // Refused here rather than by the node after the whole upload has been sent.
-            cairn_storage::check_name(t).map_err(|e| ClientError::Invalid(e.to_string()))?;
-            query.push(("tag", t.clone()));
-        }
-        let (tx, rx) = mpsc::channel(4);
-        let producer;
-        let mut req = self.write(self.http.post(self.url("/v1/checkpoints")));
-        if meta.is_dir() {
-            let files = walk(path)?;
-            let total: u64 = files.iter().map(|f| f.2).sum();
-            let pb = bar(total, self.progress, "put");
-            if opts.name.is_none() {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                query.push(("name", name));
-            }
-            producer = tokio::task::spawn_blocking(move || -> Result<(), ClientError> {
-                let w = ChannelWriter {
-                    tx,
-                    buf: Vec::with_capacity(1 << 20),
-                    pb: pb.clone(),
-                };
-                let mut b = tar::Builder::new(w);
-                b.mode(tar::HeaderMode::Deterministic);
-                for (abs, rel, _) in &files {
-                    b.append_path_with_name(abs, rel).map_err(io_err(abs))?;
-                }
-                let mut w = b.into_inner().map_err(io_err(Path::new("tar")))?;
-                w.flush().map_err(io_err(Path::new("tar")))?;
-                pb.finish_and_clear();
-                Ok(())
-            });
-            req = req.header("content-type", "application/x-tar");
-        } else {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(|| {
-                    ClientError::Invalid(format!("{} has no file name", path.display()))
-                })?;
-            query.push(("path", name));
-            let pb = bar(meta.len(), self.progress, "put");
-            let src = path.to_path_buf();
-            producer = tokio::task::spawn_blocking(move || -> Result<(), ClientError> {
-                let mut f = std::fs::File::open(&src).map_err(io_err(&src))?;
-                let mut w = ChannelWriter {
-                    tx,
-                    buf: Vec::with_capacity(1 << 20),
-                    pb: pb.clone(),
-                };
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf).map_err(io_err(&src))?;
-                    if n == 0 {
-                        break;
-                    }
-                    w.write_all(&buf[..n]).map_err(io_err(&src))?;
-                }
-                w.flush().map_err(io_err(&src))?;
-                pb.finish_and_clear();
-                Ok(())
-            });
-            req = req
-                .header("content-type", "application/octet-stream")
-                .header("content-length", meta.len());
-        }
-        let sent = req.query(&query).body(body_from(rx)).send().await;
-        let produced = producer
-            .await
-            .map_err(|e| ClientError::Invalid(format!("upload reader failed: {e}")))?;
-        let resp = check(sent?).await?;
-        produced?;
-        Ok(resp.json().await?)
     }
 
     /// Fetch and verify a manifest: its bytes must hash to the root CID.

@@ -24,12 +24,15 @@ use crate::net::swarm::Network;
 use crate::net::transfer::Transfers;
 use crate::net::transfer::{announcements, lock};
 use crate::net::wire::UploadId;
-use crate::pipeline::{GetError, IngestError, Upload, check_rebuilt, encode, now_unix};
+use crate::pipeline::{
+    self, GetError, IngestError, StripeMark, Upload, check_rebuilt, encode, now_unix,
+};
 
 mod delete;
 mod locate;
 mod place;
 mod read;
+pub mod resume;
 
 pub use delete::{DELETE_RETRY_FOR, DeleteReport, DeleteRetry, NetworkDeleteError, NodeAnswer};
 pub use locate::Holders;
@@ -41,6 +44,23 @@ const COMMIT_ATTEMPTS_WITH_MAYBES: usize = 2;
 const COMMIT_RETRY_WAIT: Duration = Duration::from_secs(1);
 /// Failed spot checks listed in a put's error (the rest are counted).
 const FAILURES_LISTED: usize = 4;
+
+/// A put that can be cut off and resumed: its key, what it is, and what an earlier run of it
+/// placed.
+pub struct Resumable {
+    pub key: resume::UploadKey,
+    pub params: resume::PutParams,
+    pub from: Option<resume::Resumed>,
+}
+
+/// What a put through the cluster does besides placing shards.
+#[derive(Default)]
+pub struct PutWith<'a> {
+    /// Compute each storing node's deal commitment (a chain is configured).
+    pub planner: Option<&'a mut DealPlanner>,
+    /// Record progress so that a cut-off run can be resumed.
+    pub resumable: Option<Resumable>,
+}
 
 /// A node's view of the cluster, for gateway work.
 pub struct Cluster<B: Backend> {
@@ -101,8 +121,12 @@ impl<B: Backend> Cluster<B> {
         upload: Upload<R>,
         name: &str,
         progress: &dyn Fn(u64),
-        mut planner: Option<&mut DealPlanner>,
+        with: PutWith<'_>,
     ) -> Result<(Cid, Manifest, HashMap<PeerId, Commitment>), IngestError> {
+        let PutWith {
+            mut planner,
+            mut resumable,
+        } = with;
         let me = self.net.peer_id();
         if !self.membership.is_member(&me) {
             return Err(IngestError::NotMember(format!(
@@ -119,84 +143,163 @@ impl<B: Backend> Cluster<B> {
                 needed,
             });
         }
-        let upload_id = new_upload_id(&self.net.peer_id());
-        let salt = new_salt();
         let mut session = self.store.begin_put();
         // The shards placed on each other node: its commit names them, and they are
         // spot-checked before the put reports success.
         let mut participants: HashMap<PeerId, BTreeMap<Cid, u64>> = HashMap::new();
         let mut holders: HashMap<Cid, Vec<PeerId>> = HashMap::new();
-        let mut stripe_no = 0u64;
         // Shards whose push was cancelled when its hedge won, by node: they may have landed.
         let mut maybes: HashMap<PeerId, BTreeMap<Cid, u64>> = HashMap::new();
-        let mut put_plan = crate::net::put_plan::PutPlanner::default();
-        let result = encode(layout, upload, progress, &mut |enc: &EncodedStripe| {
-            // The deal commitments' hashing runs beside the pushes, not after them.
-            let plan = planner.as_deref_mut();
-            let planning = plan.is_some();
-            let placed = std::thread::scope(|s| {
-                let hashing = plan.map(|p| {
-                    s.spawn(move || {
-                        for (i, meta) in enc.shards.iter().enumerate() {
-                            p.add_shard(&meta.cid, enc.shard(i));
+        let mut stripe_no = 0u64;
+        let mut resume_from = pipeline::Resume::default();
+        let (upload_id, salt) = match resumable.as_mut().and_then(|r| r.from.take()) {
+            Some(from) => {
+                // What the interrupted run placed is taken as placed: its nodes hold it in
+                // the same upload, and this node's own shards are kept by its records.
+                for p in &from.placements {
+                    let note =
+                        |i: usize, peer: PeerId, into: &mut HashMap<PeerId, BTreeMap<Cid, u64>>| {
+                            if peer != me {
+                                into.entry(peer).or_default().insert(p.cids[i], p.shard_len);
+                            }
+                        };
+                    for (i, peer) in p.placed.iter().enumerate() {
+                        if *peer == me {
+                            session.claim(&p.cids[i]).map_err(|e| {
+                                IngestError::Placement(format!("cannot claim a kept shard: {e}"))
+                            })?;
                         }
-                    })
-                });
-                let placed = rt.block_on(self.place_stripe(
-                    &mut put_plan,
-                    &members,
-                    &salt,
-                    upload_id,
-                    enc,
-                    stripe_no,
-                ));
-                if let Some(h) = hashing {
-                    h.join().expect("chunk hashing does not panic");
+                        note(i, *peer, &mut participants);
+                        holders.entry(p.cids[i]).or_default().push(*peer);
+                    }
+                    for (i, peer) in &p.extra {
+                        note(*i, *peer, &mut participants);
+                        holders.entry(p.cids[*i]).or_default().push(*peer);
+                    }
+                    for (i, peer) in &p.maybe {
+                        note(*i, *peer, &mut maybes);
+                    }
                 }
-                placed
-            })?;
-            stripe_no += 1;
-            let place::Placed {
-                placed,
-                extra,
-                maybe,
-            } = placed;
-            for (i, peer) in &maybe {
-                maybes
-                    .entry(*peer)
-                    .or_default()
-                    .insert(enc.shards[*i].cid, enc.shard(*i).len() as u64);
-            }
-            if planning {
-                for (i, peer) in placed
-                    .iter()
-                    .enumerate()
-                    .chain(extra.iter().map(|(i, p)| (*i, p)))
-                {
-                    holders.entry(enc.shards[i].cid).or_default().push(*peer);
+                if let Some(pl) = planner.as_deref_mut() {
+                    for (cid, roots) in from.deal_roots {
+                        pl.add_roots(cid, roots);
+                    }
                 }
+                stripe_no = from.stripes;
+                resume_from = from.resume;
+                let salt: [u8; cairn_erasure::manifest::SALT_LEN] =
+                    from.salt.try_into().map_err(|_| {
+                        IngestError::Placement("the interrupted upload's salt is malformed".into())
+                    })?;
+                info!(
+                    stripes = stripe_no,
+                    body_offset = resume_from.body_offset,
+                    "resuming an interrupted put"
+                );
+                (from.upload_id, salt)
             }
-            // A second copy is committed where it landed: the node holds it, and its commit
-            // must name exactly what it received.
-            for (i, peer) in &extra {
-                participants
-                    .entry(*peer)
-                    .or_default()
-                    .insert(enc.shards[*i].cid, enc.shard(*i).len() as u64);
+            None => {
+                let (id, salt) = (new_upload_id(&me), new_salt());
+                if let Some(r) = &resumable {
+                    resume::begin(&self.store, &r.key, &r.params, &salt, &id, now_unix())
+                        .map_err(|e| IngestError::Progress(e.to_string()))?;
+                }
+                (id, salt)
             }
-            let mut local = Vec::new();
-            for (i, peer) in placed.iter().enumerate() {
-                if *peer == me {
-                    local.push((&enc.shards[i], enc.shard(i)));
-                } else {
+        };
+        let mut put_plan = crate::net::put_plan::PutPlanner::default();
+        let result = encode(
+            layout,
+            upload,
+            resume_from,
+            progress,
+            &mut |enc: &EncodedStripe, mark: &StripeMark| {
+                // The deal commitments' hashing runs beside the pushes, not after them.
+                let plan = planner.as_deref_mut();
+                let planning = plan.is_some();
+                let placed = std::thread::scope(|s| {
+                    let hashing = plan.map(|p| {
+                        s.spawn(move || {
+                            for (i, meta) in enc.shards.iter().enumerate() {
+                                p.add_shard(&meta.cid, enc.shard(i));
+                            }
+                        })
+                    });
+                    let placed = rt.block_on(self.place_stripe(
+                        &mut put_plan,
+                        &members,
+                        &salt,
+                        upload_id,
+                        enc,
+                        stripe_no,
+                    ));
+                    if let Some(h) = hashing {
+                        h.join().expect("chunk hashing does not panic");
+                    }
+                    placed
+                })?;
+                let this_stripe = stripe_no;
+                stripe_no += 1;
+                let place::Placed {
+                    placed,
+                    extra,
+                    maybe,
+                } = placed;
+                for (i, peer) in &maybe {
+                    maybes
+                        .entry(*peer)
+                        .or_default()
+                        .insert(enc.shards[*i].cid, enc.shard(*i).len() as u64);
+                }
+                if planning {
+                    for (i, peer) in placed
+                        .iter()
+                        .enumerate()
+                        .chain(extra.iter().map(|(i, p)| (*i, p)))
+                    {
+                        holders.entry(enc.shards[i].cid).or_default().push(*peer);
+                    }
+                }
+                // A second copy is committed where it landed: the node holds it, and its commit
+                // must name exactly what it received.
+                for (i, peer) in &extra {
                     participants
                         .entry(*peer)
                         .or_default()
-                        .insert(enc.shards[i].cid, enc.shard(i).len() as u64);
+                        .insert(enc.shards[*i].cid, enc.shard(*i).len() as u64);
                 }
-            }
-            Ok(session.put_stripe(&local)?)
-        });
+                let mut local = Vec::new();
+                for (i, peer) in placed.iter().enumerate() {
+                    if *peer == me {
+                        local.push((&enc.shards[i], enc.shard(i)));
+                    } else {
+                        participants
+                            .entry(*peer)
+                            .or_default()
+                            .insert(enc.shards[i].cid, enc.shard(i).len() as u64);
+                    }
+                }
+                session.put_stripe(&local)?;
+                if let Some(r) = &resumable {
+                    let cids = enc.cids();
+                    let deal_roots = planner
+                        .as_deref()
+                        .map(|p| cids.iter().map(|c| p.roots(c).to_vec()).collect());
+                    let stripe = resume::PlacedStripe {
+                        mark,
+                        cids,
+                        placed: &placed,
+                        extra: &extra,
+                        maybe: &maybe,
+                        deal_roots,
+                    };
+                    let kept: Vec<Cid> = local.iter().map(|(m, _)| m.cid).collect();
+                    resume::record(&self.store, &r.key, this_stripe, &stripe, &kept, now_unix())
+                        .map_err(|e| IngestError::Progress(e.to_string()))?;
+                }
+                Ok(())
+            },
+        );
         let abort_on = |peers: Vec<PeerId>| {
             rt.block_on(async {
                 let mut f: FuturesUnordered<_> = peers
@@ -216,6 +319,16 @@ impl<B: Backend> Cluster<B> {
         }) {
             Ok(m) => m,
             Err(e) => {
+                if let (Some(r), IngestError::Body(_) | IngestError::Placement(_)) =
+                    (&resumable, &e)
+                {
+                    // The client went away, or a stripe found no node: what was placed stays
+                    // for a later run of the same put (the nodes keep it until the upload
+                    // idles out there).
+                    info!(key = %resume::key_hex(&r.key), stripes = stripe_no, "put cut off; its placed stripes are kept for resuming");
+                    return Err(e);
+                }
+                self.forget(resumable.as_ref());
                 abort_on(participants.keys().copied().collect());
                 return Err(e);
             }
@@ -300,6 +413,7 @@ impl<B: Backend> Cluster<B> {
             });
         }
         if !failures.is_empty() {
+            self.forget(resumable.as_ref());
             abort_on(participants.keys().copied().collect());
             return Err(IngestError::Placement(format!(
                 "{} of {} nodes did not pin the checkpoint: {}",
@@ -312,6 +426,7 @@ impl<B: Backend> Cluster<B> {
         // without storing (or stores garbage) fails the put here, never after "success".
         let missing = rt.block_on(self.spot_check(&participants));
         if !missing.is_empty() {
+            self.forget(resumable.as_ref());
             let more = missing.len().saturating_sub(FAILURES_LISTED);
             return Err(IngestError::Placement(format!(
                 "{} checks of placed shards failed after commit (the checkpoint is not \
@@ -326,6 +441,21 @@ impl<B: Backend> Cluster<B> {
             )));
         }
         let root = session.commit_partial(&manifest, name, now_unix())?;
+        // Pinned: the interrupted runs' records (and their hold on this node's shards) go;
+        // what was stored stays under the key, for a client that went away meanwhile.
+        if let Some(r) = &resumable {
+            let stripes: u64 = manifest.files.iter().map(|f| f.stripes.len() as u64).sum();
+            let done = resume::Done {
+                root: root.to_string(),
+                files: manifest.files.len(),
+                size: manifest.total_size(),
+                stripes,
+                shards: stripes * layout.total() as u64,
+            };
+            if let Err(e) = resume::complete(&self.store, &r.key, &r.params, done, now_unix()) {
+                warn!(error = %e, "cannot record a finished put under its key");
+            }
+        }
         // The checkpoint is pinned: a failure to list what to announce only costs lookups.
         let keys = announcements(&self.store, &manifest, root).unwrap_or_else(|e| {
             warn!(%root, error = %e, "cannot list held shards; announcing the root only");
@@ -341,6 +471,15 @@ impl<B: Backend> Cluster<B> {
             .map(|p| p.commitments(&manifest, &holders))
             .unwrap_or_default();
         Ok((root, manifest, commitments))
+    }
+
+    /// Drop a resumable put's records (it committed, or cannot be resumed).
+    fn forget(&self, resumable: Option<&Resumable>) {
+        if let Some(r) = resumable
+            && let Err(e) = resume::forget(&self.store, &r.key)
+        {
+            warn!(error = %e, "cannot drop an upload's resume records; they expire later");
+        }
     }
 
     /// The manifest of `root`: from the local store, or fetched (and verified) from a node

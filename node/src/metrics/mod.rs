@@ -71,6 +71,11 @@ pub struct HttpMetrics {
     pub duration: Family<RouteOnly, Histogram, fn() -> Histogram>,
     /// File bytes stored by uploads through this node.
     pub put_bytes: Counter,
+    /// Upload body bytes received (what clients sent, counted as read: a resumed put's
+    /// bytes sent again show as the excess over `put_bytes`).
+    pub put_body_bytes: Counter,
+    /// Puts that went on from where an interrupted run of them stopped.
+    pub puts_resumed: Counter,
     /// File bytes sent to clients by reads through this node.
     pub get_bytes: Counter,
     /// Requests refused for a missing or wrong token, or a foreign Host.
@@ -277,6 +282,8 @@ impl Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_buckets as fn() -> Histogram),
             put_bytes: Counter::default(),
+            put_body_bytes: Counter::default(),
+            puts_resumed: Counter::default(),
             get_bytes: Counter::default(),
             refused: Family::default(),
         };
@@ -302,6 +309,16 @@ impl Metrics {
             "put_bytes",
             "File bytes stored by uploads through this node",
             http.put_bytes.clone(),
+        );
+        reg.register(
+            "put_body_bytes",
+            "Upload body bytes received by this node",
+            http.put_body_bytes.clone(),
+        );
+        reg.register(
+            "puts_resumed",
+            "Puts that went on from where an interrupted run of them stopped",
+            http.puts_resumed.clone(),
         );
         reg.register(
             "get_bytes",

@@ -18,6 +18,8 @@ use crate::net::wire::{self, Request, ShardHeader, Status, UploadId};
 const RETRIES: usize = 4;
 /// Wait before the first retry (doubled each time).
 const RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+/// A stream that fails to open sooner than this failed on a closing connection, not a dial.
+const FAST_OPEN_FAILURE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Client side of the protocol.
 #[derive(Clone)]
@@ -36,14 +38,21 @@ impl Transfers {
     }
 
     async fn open(&self, peer: PeerId) -> Result<Stream, TransferError> {
-        self.net
-            .streams()
-            .open_stream(peer, SHARD_PROTOCOL)
-            .await
-            .map_err(|e| TransferError::Open {
-                peer,
-                reason: e.to_string(),
-            })
+        let started = std::time::Instant::now();
+        let mut opened = self.net.streams().open_stream(peer, SHARD_PROTOCOL).await;
+        // A connection that closes as the stream opens on it (the peer replaced it, e.g.
+        // after this node restarted) fails at once: once more, on the connection that is
+        // left or a new one. A dial that failed slowly is not repeated.
+        if let Err(libp2p_stream::OpenStreamError::Io(_)) = &opened
+            && started.elapsed() < FAST_OPEN_FAILURE
+        {
+            tokio::time::sleep(RETRY_WAIT).await;
+            opened = self.net.streams().open_stream(peer, SHARD_PROTOCOL).await;
+        }
+        opened.map_err(|e| TransferError::Open {
+            peer,
+            reason: e.to_string(),
+        })
     }
 
     /// Run a request within [`REQUEST_TIMEOUT`], sending it again (a few times, backing

@@ -33,8 +33,6 @@ pub use sweep::UploadSweeper;
 
 /// Longest a single request may take end to end (a 256 MiB shard at ~10 MiB/s fits).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// An upload session with no activity for this long is dropped with its shards.
-pub const UPLOAD_IDLE: Duration = Duration::from_secs(120);
 
 /// A transfer with a peer failed.
 #[derive(Debug, Error)]

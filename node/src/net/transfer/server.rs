@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::budget::{Budget, Refusal, StreamSlot};
 use super::delete::{DeleteError, delete_for};
 use super::sessions::{SessionError, SessionLimits, Sessions};
-use super::{REQUEST_TIMEOUT, TransferError, TransferStats, UPLOAD_IDLE, lock, read_exact};
+use super::{REQUEST_TIMEOUT, TransferError, TransferStats, lock, read_exact};
 use super::{announcements, read_frame, write_all};
 use crate::chain::Chain;
 use crate::net::membership::Membership;
@@ -48,6 +48,8 @@ pub struct ServerLimits {
     pub peer_pending_bytes: u64,
     /// Uploads one gateway may have open here.
     pub max_sessions_per_peer: usize,
+    /// Idle time after which a gateway's upload is dropped with its shards.
+    pub upload_idle: std::time::Duration,
 }
 
 /// The server side: answers shard streams from peers.
@@ -128,7 +130,7 @@ impl<B: Backend> ShardServer<B> {
             sessions: Mutex::new(Sessions::new(SessionLimits {
                 peer_pending_bytes: limits.peer_pending_bytes,
                 max_sessions_per_peer: limits.max_sessions_per_peer,
-                idle: UPLOAD_IDLE,
+                idle: limits.upload_idle,
             })),
             budget: Budget::new(),
             stats,
@@ -186,7 +188,12 @@ impl<B: Backend> ShardServer<B> {
         refusing.shutdown().await;
     }
 
-    /// Drop the uploads idle for longer than [`UPLOAD_IDLE`] and their shards; how many.
+    /// The store shards are served from.
+    pub fn store(&self) -> &Store<B> {
+        &self.store
+    }
+
+    /// Drop the uploads idle for longer than `upload_idle` and their shards; how many.
     pub(super) fn expire(&self) -> usize {
         let expired = lock(&self.sessions).expire(Instant::now());
         let n = expired.len();

@@ -50,6 +50,7 @@ async fn pair(cancel: &CancellationToken) -> (Store<MemBackend>, Network, Transf
         ServerLimits {
             peer_pending_bytes: 1 << 30,
             max_sessions_per_peer: 4,
+            upload_idle: Duration::from_secs(120),
         },
         stats(),
         None,
