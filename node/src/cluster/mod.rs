@@ -25,8 +25,9 @@ use crate::net::transfer::Transfers;
 use crate::net::transfer::{announcements, lock};
 use crate::net::wire::UploadId;
 use crate::pipeline::{
-    self, GetError, IngestError, StripeMark, Upload, check_rebuilt, encode, now_unix,
+    self, GetError, IngestError, StripeMark, Upload, check_rebuilt, encode_then, now_unix,
 };
+use resume::PendingRecord;
 
 mod delete;
 mod locate;
@@ -208,36 +209,37 @@ impl<B: Backend> Cluster<B> {
             }
         };
         let mut put_plan = crate::net::put_plan::PutPlanner::default();
-        let result = encode(
+        let planning = planner.is_some();
+        // The deal trees are hashed on a third thread, from the stripe's bytes still in memory,
+        // while the next stripe is placed: they never hold a push up.
+        let store = &self.store;
+        let key = resumable.as_ref().map(|r| r.key);
+        let mut hash_stage = planner.as_deref_mut().map(|p| {
+            move |enc: &EncodedStripe, mark: &StripeMark, pending: Option<PendingRecord>| {
+                for (i, meta) in enc.shards.iter().enumerate() {
+                    p.add_shard(&meta.cid, enc.shard(i));
+                }
+                if let (Some(pending), Some(key)) = (pending, &key) {
+                    let roots = pending.cids.iter().map(|c| p.roots(c).to_vec()).collect();
+                    pending.record(store, key, mark, Some(roots))?;
+                }
+                Ok(())
+            }
+        });
+        let result = encode_then(
             layout,
             upload,
             resume_from,
             progress,
             &mut |enc: &EncodedStripe, mark: &StripeMark| {
-                // The deal commitments' hashing runs beside the pushes, not after them.
-                let plan = planner.as_deref_mut();
-                let planning = plan.is_some();
-                let placed = std::thread::scope(|s| {
-                    let hashing = plan.map(|p| {
-                        s.spawn(move || {
-                            for (i, meta) in enc.shards.iter().enumerate() {
-                                p.add_shard(&meta.cid, enc.shard(i));
-                            }
-                        })
-                    });
-                    let placed = rt.block_on(self.place_stripe(
-                        &mut put_plan,
-                        &members,
-                        &salt,
-                        upload_id,
-                        enc,
-                        stripe_no,
-                    ));
-                    if let Some(h) = hashing {
-                        h.join().expect("chunk hashing does not panic");
-                    }
-                    placed
-                })?;
+                let placed = rt.block_on(self.place_stripe(
+                    &mut put_plan,
+                    &members,
+                    &salt,
+                    upload_id,
+                    enc,
+                    stripe_no,
+                ))?;
                 let this_stripe = stripe_no;
                 stripe_no += 1;
                 let place::Placed {
@@ -280,25 +282,27 @@ impl<B: Backend> Cluster<B> {
                     }
                 }
                 session.put_stripe(&local)?;
-                if let Some(r) = &resumable {
-                    let cids = enc.cids();
-                    let deal_roots = planner
-                        .as_deref()
-                        .map(|p| cids.iter().map(|c| p.roots(c).to_vec()).collect());
-                    let stripe = resume::PlacedStripe {
-                        mark,
-                        cids,
-                        placed: &placed,
-                        extra: &extra,
-                        maybe: &maybe,
-                        deal_roots,
-                    };
-                    let kept: Vec<Cid> = local.iter().map(|(m, _)| m.cid).collect();
-                    resume::record(&self.store, &r.key, this_stripe, &stripe, &kept, now_unix())
-                        .map_err(|e| IngestError::Progress(e.to_string()))?;
+                let Some(r) = &resumable else {
+                    return Ok(None);
+                };
+                let pending = PendingRecord {
+                    stripe: this_stripe,
+                    cids: enc.cids(),
+                    placed,
+                    extra,
+                    maybe,
+                    kept: local.iter().map(|(m, _)| m.cid).collect(),
+                };
+                if planning {
+                    // Recorded with its deal roots once the stage after has them.
+                    return Ok(Some(pending));
                 }
-                Ok(())
+                pending.record(&self.store, &r.key, mark, None)?;
+                Ok(None)
             },
+            hash_stage
+                .as_mut()
+                .map(|f| f as crate::pipeline::After<'_, Option<PendingRecord>>),
         );
         let abort_on = |peers: Vec<PeerId>| {
             rt.block_on(async {

@@ -217,6 +217,48 @@ pub fn record<B: Backend>(
     Ok(())
 }
 
+/// A placed stripe, owned, waiting to be recorded (by the stage that hashes its deal trees,
+/// once it has them: a record never lacks the roots a resumed put's deals need).
+pub struct PendingRecord {
+    /// The stripe's number (from 0).
+    pub stripe: u64,
+    pub cids: Vec<Cid>,
+    pub placed: Vec<PeerId>,
+    pub extra: Vec<(usize, PeerId)>,
+    pub maybe: Vec<(usize, PeerId)>,
+    /// The shards this node kept.
+    pub kept: Vec<Cid>,
+}
+
+impl PendingRecord {
+    /// Write the stripe's record, with each shard's deal roots when the put makes deals.
+    pub fn record<B: Backend>(
+        self,
+        store: &Store<B>,
+        key: &UploadKey,
+        mark: &StripeMark,
+        deal_roots: Option<Vec<Vec<Node>>>,
+    ) -> Result<(), crate::pipeline::IngestError> {
+        let stripe = PlacedStripe {
+            mark,
+            cids: self.cids,
+            placed: &self.placed,
+            extra: &self.extra,
+            maybe: &self.maybe,
+            deal_roots,
+        };
+        record(
+            store,
+            key,
+            self.stripe,
+            &stripe,
+            &self.kept,
+            crate::pipeline::now_unix(),
+        )
+        .map_err(|e| crate::pipeline::IngestError::Progress(e.to_string()))
+    }
+}
+
 /// Forget a put's records (it committed, or failed for good); frees the shards only they kept.
 pub fn forget<B: Backend>(store: &Store<B>, key: &UploadKey) -> Result<usize, ResumeError> {
     Ok(store.drop_upload(key)?)

@@ -10,6 +10,14 @@ type Buffers = (Vec<u8>, Vec<Vec<u8>>);
 /// How many stripes' buffers an upload may hold: one being coded, one being written.
 const STRIPES_IN_FLIGHT: usize = 2;
 
+/// With a stage after the writer ([`encode_then`]): one more, the stripe that stage holds.
+const STRIPES_IN_FLIGHT_WITH_AFTER: usize = STRIPES_IN_FLIGHT + 1;
+
+/// A stage that sees each stripe after the sink stored it, on its own thread, with what the
+/// sink returned for it; the stripe's buffers go back to the encoder only after it.
+pub type After<'a, T> =
+    &'a mut (dyn FnMut(&EncodedStripe, &StripeMark, T) -> Result<(), IngestError> + Send);
+
 /// Threads that code one stripe: every core, up to a point (beyond it the whole-file hash,
 /// which runs beside them on one thread, and the writes set the pace).
 fn coding_threads() -> usize {
@@ -92,6 +100,8 @@ struct Encoder<'a> {
     returned: Receiver<Buffers>,
     spare: Vec<Buffers>,
     allocated: usize,
+    /// Buffers it may allocate (the stripes the stages may hold at once).
+    in_flight: usize,
     progress: &'a dyn Fn(u64),
     /// Body bytes read so far (counted from the start of the original body).
     body: std::rc::Rc<std::cell::Cell<u64>>,
@@ -104,7 +114,7 @@ impl Encoder<'_> {
         if let Some(b) = self.spare.pop() {
             return Ok(b);
         }
-        if self.allocated < STRIPES_IN_FLIGHT {
+        if self.allocated < self.in_flight {
             self.allocated += 1;
             let cap = usize::try_from(self.layout.stripe_size()).expect("stripe size <= 1 GiB")
                 + self.layout.k();
@@ -222,15 +232,39 @@ fn finish_file(path: &str, size: u64, hasher: &FileHasher, stripes: Vec<Vec<Cid>
     }
 }
 
-/// Hand every stripe it receives to `sink` (which stores its shards), then return the buffers.
-fn write_stripes(
-    sink: &mut dyn FnMut(&EncodedStripe, &StripeMark) -> Result<(), IngestError>,
+/// Hand every stripe it receives to `sink` (which stores its shards), then to the stage after
+/// it, if any, or return the buffers.
+fn write_stripes<T>(
+    sink: &mut dyn FnMut(&EncodedStripe, &StripeMark) -> Result<T, IngestError>,
     stripes: Receiver<(EncodedStripe, StripeMark)>,
-    returned: SyncSender<Buffers>,
+    next: Result<SyncSender<(EncodedStripe, StripeMark, T)>, SyncSender<Buffers>>,
 ) -> Result<(), IngestError> {
     for (enc, mark) in stripes {
-        sink(&enc, &mark)?;
-        // The encoder may have finished already; then nobody needs the buffers.
+        let t = sink(&enc, &mark)?;
+        match &next {
+            Ok(after) => {
+                // The stage after stopped on an error of its own, which is reported.
+                if after.send((enc, mark, t)).is_err() {
+                    return Ok(());
+                }
+            }
+            // The encoder may have finished already; then nobody needs the buffers.
+            Err(returned) => {
+                let _ = returned.send(enc.into_buffers());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run the stage after the writer on every stripe, then return the buffers.
+fn after_stripes<T>(
+    after: &mut dyn FnMut(&EncodedStripe, &StripeMark, T) -> Result<(), IngestError>,
+    stripes: Receiver<(EncodedStripe, StripeMark, T)>,
+    returned: SyncSender<Buffers>,
+) -> Result<(), IngestError> {
+    for (enc, mark, t) in stripes {
+        after(&enc, &mark, t)?;
         let _ = returned.send(enc.into_buffers());
     }
     Ok(())
@@ -261,10 +295,39 @@ pub fn encode<R: Read>(
     progress: &dyn Fn(u64),
     sink: &mut (dyn FnMut(&EncodedStripe, &StripeMark) -> Result<(), IngestError> + Send),
 ) -> Result<Manifest, IngestError> {
+    encode_then(layout, upload, resume, progress, sink, None)
+}
+
+/// [`encode`] with a third stage: `after` sees each stripe once `sink` stored it (with what
+/// `sink` returned), on a third thread, while the sink stores the next one and the encoder
+/// codes the one after. Work that needs a stripe's bytes but not before its shards are
+/// placed (the deal trees) runs there without holding the placement up; one more stripe's
+/// buffers are held for it.
+pub fn encode_then<R: Read, T: Send>(
+    layout: Layout,
+    upload: Upload<R>,
+    resume: Resume,
+    progress: &dyn Fn(u64),
+    sink: &mut (dyn FnMut(&EncodedStripe, &StripeMark) -> Result<T, IngestError> + Send),
+    after: Option<After<'_, T>>,
+) -> Result<Manifest, IngestError> {
+    let in_flight = if after.is_some() {
+        STRIPES_IN_FLIGHT_WITH_AFTER
+    } else {
+        STRIPES_IN_FLIGHT
+    };
     let (to_writer, stripes) = sync_channel::<(EncodedStripe, StripeMark)>(0);
-    let (to_encoder, returned) = sync_channel::<Buffers>(STRIPES_IN_FLIGHT);
-    let (files, written) = std::thread::scope(|s| {
-        let writer = s.spawn(move || write_stripes(sink, stripes, to_encoder));
+    let (to_encoder, returned) = sync_channel::<Buffers>(in_flight);
+    let (files, written, afterwards) = std::thread::scope(|s| {
+        let (next, after) = match after {
+            Some(after) => {
+                let (to_after, received) = sync_channel::<(EncodedStripe, StripeMark, T)>(0);
+                let stage = s.spawn(move || after_stripes(after, received, to_encoder));
+                (Ok(to_after), Some(stage))
+            }
+            None => (Err(to_encoder), None),
+        };
+        let writer = s.spawn(move || write_stripes(sink, stripes, next));
         let mut enc = Encoder {
             layout,
             coder: Coder::new(&layout),
@@ -273,6 +336,7 @@ pub fn encode<R: Read>(
             returned,
             spare: Vec::new(),
             allocated: 0,
+            in_flight,
             progress,
             body: std::rc::Rc::new(std::cell::Cell::new(resume.body_offset)),
             empty: Vec::new(),
@@ -280,9 +344,13 @@ pub fn encode<R: Read>(
         let files = encode_upload(&mut enc, upload, resume);
         drop(enc); // closes the channel: the writer drains what is left and stops
         let written = writer.join().expect("the shard writer does not panic");
-        (files, written)
+        let afterwards = after.map_or(Ok(()), |a| {
+            a.join().expect("the stage after the writer does not panic")
+        });
+        (files, written, afterwards)
     });
-    // A storage error stops the writer first; the encoder then only saw it stop.
+    // A stage's error stops the stages before it; they only saw it stop.
+    afterwards?;
     written?;
     let files = files?;
     if files.is_empty() {

@@ -17,7 +17,7 @@ use thiserror::Error;
 mod encode;
 mod read;
 
-pub use encode::{PartialFile, Resume, StripeMark, encode, tar_padded};
+pub use encode::{After, PartialFile, Resume, StripeMark, encode, encode_then, tar_padded};
 pub use read::*;
 
 /// An upload could not be stored.
