@@ -1,13 +1,12 @@
 //! What building the proof tree costs off chain, next to plain hashing of the same bytes:
 //! the tree as chosen (SHA-256 leaves and low levels, Keccak above 1 KiB), an all-SHA-256
-//! tree and an all-Keccak tree, and plain SHA-256 / Keccak-256 / BLAKE3 over the data; the
-//! chosen tree's root also through the prover's builder, which keeps every level.
+//! tree and an all-Keccak tree, and plain SHA-256 / Keccak-256 / BLAKE3 over the data.
 //! `cargo bench -p cairn-proofs`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
-use cairn_proofs::tree::{CHUNK_SIZE, ChunkTree, LEAF_SIZE, Node, chunk_root};
+use cairn_proofs::tree::{CHUNK_SIZE, LEAF_SIZE, Node, chunk_root};
 
 /// A 64 KiB chunk's root with one hash for every level and `leaf`-byte leaves (the
 /// alternatives measured).
@@ -52,13 +51,6 @@ fn tree(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("chosen-tree", |b| {
         b.iter(|| data.chunks(CHUNK_SIZE).map(chunk_root).collect::<Vec<_>>())
-    });
-    g.bench_function("chosen-tree-with-levels", |b| {
-        b.iter(|| {
-            data.chunks(CHUNK_SIZE)
-                .map(|c| ChunkTree::build(c).root())
-                .collect::<Vec<_>>()
-        })
     });
     for (name, keccak, leaf) in [
         ("all-sha256-tree", false, LEAF_SIZE),

@@ -184,32 +184,3 @@ fn blobs_are_read_as_the_contract_reads_them() {
         Err(BlobError::BadProof { index: 1 })
     );
 }
-
-#[test]
-fn chunk_root_is_the_root_of_the_full_chunk_tree_at_every_length() {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<u8> = (0..CHUNK_SIZE)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    for len in [
-        0,
-        1,
-        LEAF_SIZE - 1,
-        LEAF_SIZE,
-        LEAF_SIZE + 1,
-        4097,
-        CHUNK_SIZE - 1,
-        CHUNK_SIZE,
-    ] {
-        assert_eq!(
-            chunk_root(&data[..len]),
-            ChunkTree::build(&data[..len]).root(),
-            "chunk of {len} bytes"
-        );
-    }
-}

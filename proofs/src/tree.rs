@@ -169,39 +169,9 @@ impl ChunkTree {
     }
 }
 
-/// Root of one chunk of data (zero-padded): what every byte a deal covers is hashed through,
-/// by the publisher and by the node that accepts it. Keeps no levels: the leaf hashes go into
-/// one fixed array that is reduced in place (no allocation per chunk); the all-zero leaves of
-/// a short chunk are hashed once per process.
+/// Root of one chunk of data (zero-padded).
 pub fn chunk_root(data: &[u8]) -> Node {
-    assert!(
-        data.len() <= CHUNK_SIZE,
-        "a chunk is at most CHUNK_SIZE bytes"
-    );
-    static ZERO_LEAF: std::sync::OnceLock<Node> = std::sync::OnceLock::new();
-    let mut level = [[0u8; NODE_SIZE]; CHUNK_LEAVES as usize];
-    let mut pieces = data.chunks(LEAF_SIZE);
-    for slot in &mut level {
-        *slot = match pieces.next() {
-            Some(p) if p.len() == LEAF_SIZE => leaf_hash(p),
-            Some(p) => {
-                let mut leaf = [0u8; LEAF_SIZE];
-                leaf[..p.len()].copy_from_slice(p);
-                leaf_hash(&leaf)
-            }
-            None => *ZERO_LEAF.get_or_init(|| leaf_hash(&[0u8; LEAF_SIZE])),
-        };
-    }
-    let mut width = level.len();
-    let mut height = 1;
-    while width > 1 {
-        for i in 0..width / 2 {
-            level[i] = node_hash(height, &level[2 * i], &level[2 * i + 1]);
-        }
-        width /= 2;
-        height += 1;
-    }
-    level[0]
+    ChunkTree::build(data).root()
 }
 
 /// Chunk roots of one shard's bytes, in order.

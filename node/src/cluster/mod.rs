@@ -27,7 +27,7 @@ use crate::net::wire::UploadId;
 use crate::pipeline::{
     self, GetError, IngestError, StripeMark, Upload, check_rebuilt, encode_then, now_unix,
 };
-use resume::PendingRecord;
+use resume::PlacedStripe;
 
 mod delete;
 mod locate;
@@ -92,6 +92,18 @@ fn holder(ordered: &[PeerId], i: usize) -> Option<PeerId> {
     } else {
         Some(ordered[i % ordered.len()])
     }
+}
+
+/// Record a placed stripe of a resumable put, now (a failure fails the put).
+fn record_stripe<B: Backend>(
+    store: &Store<B>,
+    key: &resume::UploadKey,
+    placed: &PlacedStripe,
+    mark: &StripeMark,
+    deal_roots: Option<&[Vec<cairn_proofs::tree::Node>]>,
+) -> Result<(), IngestError> {
+    resume::record(store, key, placed, mark, deal_roots, now_unix())
+        .map_err(|e| IngestError::Progress(e.to_string()))
 }
 
 impl<B: Backend> Cluster<B> {
@@ -215,13 +227,13 @@ impl<B: Backend> Cluster<B> {
         let store = &self.store;
         let key = resumable.as_ref().map(|r| r.key);
         let mut hash_stage = planner.as_deref_mut().map(|p| {
-            move |enc: &EncodedStripe, mark: &StripeMark, pending: Option<PendingRecord>| {
+            move |enc: &EncodedStripe, mark: &StripeMark, placed: Option<PlacedStripe>| {
                 for (i, meta) in enc.shards.iter().enumerate() {
                     p.add_shard(&meta.cid, enc.shard(i));
                 }
-                if let (Some(pending), Some(key)) = (pending, &key) {
-                    let roots = pending.cids.iter().map(|c| p.roots(c).to_vec()).collect();
-                    pending.record(store, key, mark, Some(roots))?;
+                if let (Some(placed), Some(key)) = (placed, &key) {
+                    let roots: Vec<_> = placed.cids.iter().map(|c| p.roots(c).to_vec()).collect();
+                    record_stripe(store, key, &placed, mark, Some(&roots))?;
                 }
                 Ok(())
             }
@@ -285,7 +297,7 @@ impl<B: Backend> Cluster<B> {
                 let Some(r) = &resumable else {
                     return Ok(None);
                 };
-                let pending = PendingRecord {
+                let stripe = PlacedStripe {
                     stripe: this_stripe,
                     cids: enc.cids(),
                     placed,
@@ -295,14 +307,14 @@ impl<B: Backend> Cluster<B> {
                 };
                 if planning {
                     // Recorded with its deal roots once the stage after has them.
-                    return Ok(Some(pending));
+                    return Ok(Some(stripe));
                 }
-                pending.record(&self.store, &r.key, mark, None)?;
+                record_stripe(&self.store, &r.key, &stripe, mark, None)?;
                 Ok(None)
             },
             hash_stage
                 .as_mut()
-                .map(|f| f as crate::pipeline::After<'_, Option<PendingRecord>>),
+                .map(|f| f as crate::pipeline::After<'_, Option<PlacedStripe>>),
         );
         let abort_on = |peers: Vec<PeerId>| {
             rt.block_on(async {

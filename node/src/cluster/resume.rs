@@ -97,16 +97,6 @@ pub enum ResumeError {
     Corrupt { seq: u64, reason: String },
 }
 
-/// A stripe as placed, to be recorded.
-pub struct PlacedStripe<'a> {
-    pub mark: &'a StripeMark,
-    pub cids: Vec<Cid>,
-    pub placed: &'a [PeerId],
-    pub extra: &'a [(usize, PeerId)],
-    pub maybe: &'a [(usize, PeerId)],
-    pub deal_roots: Option<Vec<Vec<Node>>>,
-}
-
 /// An interrupted upload, rebuilt from its records.
 #[derive(Debug, Default)]
 pub struct Resumed {
@@ -183,80 +173,51 @@ pub fn begin<B: Backend>(
     Ok(())
 }
 
-/// Record placed stripe number `stripe` (from 0); `local` are the shards this node kept.
-pub fn record<B: Backend>(
-    store: &Store<B>,
-    key: &UploadKey,
-    stripe: u64,
-    s: &PlacedStripe<'_>,
-    local: &[Cid],
-    now: u64,
-) -> Result<(), ResumeError> {
-    let peer = |p: &PeerId| p.to_string();
-    let hash = s.mark.hash.as_ref();
-    let rec = StripeRecord {
-        version: RECORD_VERSION,
-        path: s.mark.path.clone(),
-        file_end: s.mark.file_end,
-        file_size: s.mark.file_size,
-        body_end: s.mark.body_end,
-        cv: hash.map(|h| hex(&h.cv)).unwrap_or_default(),
-        first_root: hash.and_then(|h| h.root.map(|r| hex(r.as_slice()))),
-        empty_before: s.mark.empty_before.clone(),
-        cids: s.cids.iter().map(ToString::to_string).collect(),
-        placed: s.placed.iter().map(peer).collect(),
-        extra: s.extra.iter().map(|(i, p)| (*i, peer(p))).collect(),
-        maybe: s.maybe.iter().map(|(i, p)| (*i, peer(p))).collect(),
-        deal_roots: s
-            .deal_roots
-            .as_ref()
-            .map(|all| all.iter().map(|r| hex(r.as_flattened())).collect()),
-    };
-    let bytes = serde_json::to_vec(&rec).expect("a stripe record serializes");
-    store.stage_upload(key, HEAD_SEQ + 1 + stripe, now, local, &bytes)?;
-    Ok(())
-}
-
-/// A placed stripe, owned, waiting to be recorded (by the stage that hashes its deal trees,
-/// once it has them: a record never lacks the roots a resumed put's deals need).
-pub struct PendingRecord {
+/// A placed stripe, to be recorded (with a put that makes deals, by the stage that hashes its
+/// deal trees, once it has them: a record never lacks the roots a resumed put's deals need).
+pub struct PlacedStripe {
     /// The stripe's number (from 0).
     pub stripe: u64,
     pub cids: Vec<Cid>,
+    /// The node holding each shard.
     pub placed: Vec<PeerId>,
+    /// Second copies that landed: (shard index, node).
     pub extra: Vec<(usize, PeerId)>,
+    /// Cancelled copies that may have landed: (shard index, node).
     pub maybe: Vec<(usize, PeerId)>,
     /// The shards this node kept.
     pub kept: Vec<Cid>,
 }
 
-impl PendingRecord {
-    /// Write the stripe's record, with each shard's deal roots when the put makes deals.
-    pub fn record<B: Backend>(
-        self,
-        store: &Store<B>,
-        key: &UploadKey,
-        mark: &StripeMark,
-        deal_roots: Option<Vec<Vec<Node>>>,
-    ) -> Result<(), crate::pipeline::IngestError> {
-        let stripe = PlacedStripe {
-            mark,
-            cids: self.cids,
-            placed: &self.placed,
-            extra: &self.extra,
-            maybe: &self.maybe,
-            deal_roots,
-        };
-        record(
-            store,
-            key,
-            self.stripe,
-            &stripe,
-            &self.kept,
-            crate::pipeline::now_unix(),
-        )
-        .map_err(|e| crate::pipeline::IngestError::Progress(e.to_string()))
-    }
+/// Record a placed stripe, with each shard's 64 KiB chunk roots when the put makes deals.
+pub fn record<B: Backend>(
+    store: &Store<B>,
+    key: &UploadKey,
+    s: &PlacedStripe,
+    mark: &StripeMark,
+    deal_roots: Option<&[Vec<Node>]>,
+    now: u64,
+) -> Result<(), ResumeError> {
+    let peer = |p: &PeerId| p.to_string();
+    let hash = mark.hash.as_ref();
+    let rec = StripeRecord {
+        version: RECORD_VERSION,
+        path: mark.path.clone(),
+        file_end: mark.file_end,
+        file_size: mark.file_size,
+        body_end: mark.body_end,
+        cv: hash.map(|h| hex(&h.cv)).unwrap_or_default(),
+        first_root: hash.and_then(|h| h.root.map(|r| hex(r.as_slice()))),
+        empty_before: mark.empty_before.clone(),
+        cids: s.cids.iter().map(ToString::to_string).collect(),
+        placed: s.placed.iter().map(peer).collect(),
+        extra: s.extra.iter().map(|(i, p)| (*i, peer(p))).collect(),
+        maybe: s.maybe.iter().map(|(i, p)| (*i, peer(p))).collect(),
+        deal_roots: deal_roots.map(|all| all.iter().map(|r| hex(r.as_flattened())).collect()),
+    };
+    let bytes = serde_json::to_vec(&rec).expect("a stripe record serializes");
+    store.stage_upload(key, HEAD_SEQ + 1 + s.stripe, now, &s.kept, &bytes)?;
+    Ok(())
 }
 
 /// Forget a put's records (it committed, or failed for good); frees the shards only they kept.
@@ -564,16 +525,15 @@ mod tests {
                 }
             };
             encode(layout, upload, from.resume, &|_| {}, &mut |enc, mark| {
-                let placed = vec![me; enc.shards.len()];
                 let s = PlacedStripe {
-                    mark,
+                    stripe,
                     cids: enc.cids(),
-                    placed: &placed,
-                    extra: &[],
-                    maybe: &[],
-                    deal_roots: None,
+                    placed: vec![me; enc.shards.len()],
+                    extra: Vec::new(),
+                    maybe: Vec::new(),
+                    kept: Vec::new(),
                 };
-                record(&store, &key, stripe, &s, &[], 0)
+                record(&store, &key, &s, mark, None, 0)
                     .map_err(|e| IngestError::Progress(e.to_string()))?;
                 stripe += 1;
                 Ok(())

@@ -232,24 +232,31 @@ fn finish_file(path: &str, size: u64, hasher: &FileHasher, stripes: Vec<Vec<Cid>
     }
 }
 
-/// Hand every stripe it receives to `sink` (which stores its shards), then to the stage after
-/// it, if any, or return the buffers.
+/// Where the writer hands a stripe it stored.
+enum Next<T> {
+    /// To the stage after it.
+    After(SyncSender<(EncodedStripe, StripeMark, T)>),
+    /// Its buffers back to the encoder.
+    Encoder(SyncSender<Buffers>),
+}
+
+/// Hand every stripe it receives to `sink` (which stores its shards), then on to `next`.
 fn write_stripes<T>(
     sink: &mut dyn FnMut(&EncodedStripe, &StripeMark) -> Result<T, IngestError>,
     stripes: Receiver<(EncodedStripe, StripeMark)>,
-    next: Result<SyncSender<(EncodedStripe, StripeMark, T)>, SyncSender<Buffers>>,
+    next: Next<T>,
 ) -> Result<(), IngestError> {
     for (enc, mark) in stripes {
         let t = sink(&enc, &mark)?;
         match &next {
-            Ok(after) => {
+            Next::After(after) => {
                 // The stage after stopped on an error of its own, which is reported.
                 if after.send((enc, mark, t)).is_err() {
                     return Ok(());
                 }
             }
             // The encoder may have finished already; then nobody needs the buffers.
-            Err(returned) => {
+            Next::Encoder(returned) => {
                 let _ = returned.send(enc.into_buffers());
             }
         }
@@ -323,9 +330,9 @@ pub fn encode_then<R: Read, T: Send>(
             Some(after) => {
                 let (to_after, received) = sync_channel::<(EncodedStripe, StripeMark, T)>(0);
                 let stage = s.spawn(move || after_stripes(after, received, to_encoder));
-                (Ok(to_after), Some(stage))
+                (Next::After(to_after), Some(stage))
             }
-            None => (Err(to_encoder), None),
+            None => (Next::Encoder(to_encoder), None),
         };
         let writer = s.spawn(move || write_stripes(sink, stripes, next));
         let mut enc = Encoder {
