@@ -109,6 +109,7 @@ impl Node {
             a.parse::<libp2p::Multiaddr>()
                 .map_err(|e| StartError::Config(format!("invalid multiaddr {a:?}: {e}")))
         };
+        let metrics = crate::metrics::Metrics::new(Some(store.clone()));
         let chain = if config.chain.enabled() {
             let chain_key = config.chain.key();
             if chain_key.is_empty() {
@@ -121,7 +122,8 @@ impl Node {
                 &config.chain.rpc_url,
                 &config.chain.contract,
                 &chain_key,
-            )?;
+            )?
+            .count_reverted_in(metrics.proofs.reverted.clone());
             let stake = alloy::primitives::U256::from(config.chain.stake_gwei)
                 * alloy::primitives::U256::from(1_000_000_000u64);
             let peer = crate::chain::peer_word(&key.public().to_peer_id());
@@ -132,7 +134,6 @@ impl Node {
         } else {
             None
         };
-        let metrics = crate::metrics::Metrics::new(Some(store.clone()));
         let jobs = crate::worker::Jobs::new(metrics.jobs.clone());
         let poll = std::time::Duration::from_millis(config.chain.poll_ms);
         let membership = match &chain {
@@ -199,9 +200,13 @@ impl Node {
                 )
                 .await?;
                 crate::worker::spawn(&mut tasks, &jobs, prover, cancel.clone());
-                let watcher =
-                    crate::chain::prover::Watcher::new(c.clone(), metrics.proofs.clone(), poll)
-                        .await?;
+                let watcher = crate::chain::watcher::Watcher::new(
+                    c.clone(),
+                    metrics.proofs.clone(),
+                    membership.clone(),
+                    poll,
+                )
+                .await?;
                 crate::worker::spawn(&mut tasks, &jobs, watcher, cancel.clone());
                 let sweeper = crate::chain::unpaid::UnpaidSweeper {
                     chain: c.clone(),

@@ -542,6 +542,59 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
             .expect("proven")
     );
 
+    // Reports without waste: after a few more missed epochs, not one report was mined and
+    // reverted (seven watchers see each missed epoch; one reports it), and each node's count
+    // of its reverted transactions agrees with the chain.
+    let deadline = Instant::now() + Duration::from_secs(EPOCH_BLOCKS * 12 + 60);
+    loop {
+        let slashed = logs::<CairnStorage::Slashed>(&chain, stop_block).await;
+        if slashed
+            .iter()
+            .filter(|(_, e)| e.node == stopped_account)
+            .count()
+            >= 3
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "too few reports: {slashed:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let until = chain.block_number().await.expect("block");
+    let mut reverted: BTreeMap<Address, Vec<[u8; 4]>> = BTreeMap::new();
+    for b in stop_block..=until {
+        let receipts = chain
+            .provider()
+            .get_block_receipts(b.into())
+            .await
+            .expect("receipts")
+            .unwrap_or_default();
+        for r in receipts.iter().filter(|r| !r.status()) {
+            let tx = chain
+                .provider()
+                .get_transaction_by_hash(r.transaction_hash)
+                .await
+                .expect("tx")
+                .expect("a mined tx");
+            let input = alloy::consensus::Transaction::input(&tx);
+            let selector: [u8; 4] = input[..4].try_into().expect("a call");
+            reverted.entry(r.from).or_default().push(selector);
+        }
+    }
+    let report_selector = <CairnStorage::reportMissedCall as alloy::sol_types::SolCall>::SELECTOR;
+    assert!(
+        !reverted.values().flatten().any(|s| *s == report_selector),
+        "reports mined and reverted between blocks {stop_block} and {until}: {reverted:?}"
+    );
+    for i in (0..NODES).filter(|&i| i != stopped) {
+        let counted = metric(&net.url(i), "cairn_chain_reverted_transactions_total").await;
+        let on_chain = reverted.get(&net.account(i)).map_or(0, Vec::len);
+        // The node's count may include transactions before `stop_block`, never fewer.
+        assert!(
+            counted >= on_chain as f64,
+            "node {i} counted {counted} reverted transactions, the chain shows {on_chain}"
+        );
+    }
+
     // Cluster-wide delete of ft2, whose publisher is the gateway (node 0).
     let ft2_cid = cairn_erasure::parse_cid(&ft2).expect("cid");
     let ft2_word = cairn_node::chain::root_word(&ft2_cid);

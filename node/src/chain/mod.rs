@@ -7,7 +7,9 @@ pub mod ending;
 pub mod prover;
 pub mod publish;
 pub mod registry;
+pub mod report;
 pub mod unpaid;
+pub mod watcher;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,6 +224,8 @@ pub struct Chain {
     /// watcher and the publisher share this account, and the provider reads the next nonce
     /// from the chain, so two sends at once would both take the same one.
     sending: Arc<tokio::sync::Mutex<()>>,
+    /// Counts this account's transactions mined but reverted.
+    reverted: prometheus_client::metrics::counter::Counter,
 }
 
 /// Parse a hex private key (with or without 0x).
@@ -260,7 +264,17 @@ impl Chain {
             provider,
             me,
             sending: Arc::default(),
+            reverted: Default::default(),
         })
+    }
+
+    /// Count this account's reverted transactions in `counter` (the node's metrics).
+    pub fn count_reverted_in(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.reverted = counter;
+        self
     }
 
     /// Deploy a new contract with `args`; returns its address.
@@ -318,6 +332,12 @@ impl Chain {
                 },
             })?;
         if !receipt.status() {
+            self.reverted.inc();
+            tracing::warn!(
+                call,
+                block = receipt.block_number.unwrap_or_default(),
+                "a transaction of this node was mined but reverted"
+            );
             return Err(ChainError::Failed {
                 call,
                 block: receipt.block_number.unwrap_or_default(),

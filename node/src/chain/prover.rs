@@ -1,10 +1,10 @@
-//! The node's two chain jobs, each a [`Worker`] working in rounds of `chain.poll_ms`. The
-//! prover accepts deals whose commitment matches what this node stores, and each epoch proves
-//! its challenged leaves, early in the window, only with proofs it has verified itself. The
-//! watcher reports other nodes' missed epochs. Both retry a failed round at the next one
-//! (their back-off never grows past one round: a proof window does not wait).
+//! The prover, a [`Worker`] working in rounds of `chain.poll_ms`: it accepts deals whose
+//! commitment matches what this node stores, and each epoch proves its challenged leaves,
+//! early in the window, only with proofs it has verified itself. A failed round is retried at
+//! the next one (its back-off never grows past one round: a proof window does not wait). Its
+//! sibling, the watcher that reports other nodes' missed epochs, is in [`super::watcher`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,6 @@ use super::deals::{DealDataError, HeldData, held_data};
 use super::{ChainError, DealInfo, Params, ProofChain, word_root};
 use crate::metrics::ProofMetrics;
 use crate::worker::{Step, Worker, next_round};
-
-/// Epochs back the watcher looks when it starts.
-const WATCH_HORIZON: u64 = 8;
 
 /// Why an epoch could not be proven.
 #[derive(Debug, Error)]
@@ -374,154 +371,6 @@ impl<B: Backend> Worker for Prover<super::Chain, B> {
             "{proven}; {} deals held ({with_data} with data), {} to look at again",
             self.held.len(),
             self.retry.len()
-        )
-    }
-
-    fn backoff_first(&self) -> Duration {
-        self.poll
-    }
-
-    fn backoff_max(&self) -> Duration {
-        self.poll
-    }
-}
-
-/// Reports other nodes' missed epochs; owned by its task.
-pub struct Watcher<C> {
-    chain: C,
-    metrics: ProofMetrics,
-    params: Params,
-    /// One round per `poll`.
-    poll: Duration,
-    /// Accepted deals of other nodes.
-    deals: Vec<DealInfo>,
-    pending: Vec<u64>,
-    scanned: u64,
-    checked: Option<u64>,
-}
-
-impl<C: ProofChain> Watcher<C> {
-    pub async fn new(chain: C, metrics: ProofMetrics, poll: Duration) -> Result<Self, ChainError> {
-        let params = chain.params().await?;
-        Ok(Self {
-            chain,
-            metrics,
-            params,
-            poll,
-            deals: Vec::new(),
-            pending: Vec::new(),
-            scanned: 0,
-            checked: None,
-        })
-    }
-
-    /// One round: learn new deals, then check every finished epoch not checked yet.
-    pub async fn round(&mut self) -> Result<(), ChainError> {
-        let me = self.chain.me();
-        let count = self.chain.deal_count().await?;
-        while self.scanned < count {
-            self.scanned += 1;
-            self.pending.push(self.scanned);
-        }
-        let mut todo: VecDeque<u64> = std::mem::take(&mut self.pending).into();
-        while let Some(id) = todo.pop_front() {
-            match self.chain.deal(id).await {
-                Ok(d) if d.state == 1 => self.pending.push(id),
-                Ok(d) if d.state == 2 && d.node != me => self.deals.push(d),
-                Ok(_) => {}
-                Err(e) => {
-                    self.pending.push(id);
-                    self.pending.extend(todo);
-                    return Err(e);
-                }
-            }
-        }
-        let block = self.chain.block_number().await?;
-        let now = self.params.epoch_of(block);
-        let last_over = if self.params.is_over(now, block) {
-            Some(now)
-        } else {
-            now.checked_sub(1)
-        };
-        let Some(last_over) = last_over else {
-            return Ok(());
-        };
-        let first = match self.checked {
-            Some(c) => c + 1,
-            None => last_over.saturating_sub(WATCH_HORIZON),
-        };
-        for epoch in first..=last_over {
-            self.check_epoch(epoch).await?;
-            self.checked = Some(epoch);
-        }
-        // Deals ended before the last checked epoch cannot be missed any more.
-        self.deals.retain(|d| d.start + d.epochs > last_over);
-        Ok(())
-    }
-
-    async fn check_epoch(&mut self, epoch: u64) -> Result<(), ChainError> {
-        // Per node, its deals that ran in `epoch` as last seen.
-        let mut running: BTreeMap<Address, Vec<u64>> = BTreeMap::new();
-        for d in self.deals.iter().filter(|d| d.runs_in(epoch)) {
-            running.entry(d.node).or_default().push(d.id);
-        }
-        for (node, ids) in running {
-            if self.chain.is_proven(node, epoch).await?
-                || self.chain.is_slashed(node, epoch).await?
-            {
-                continue;
-            }
-            for deal in ids {
-                // The deal as the chain has it now: its client may have terminated it.
-                let now = self.chain.deal(deal).await?;
-                let runs = now.runs_in(epoch);
-                if let Some(d) = self.deals.iter_mut().find(|d| d.id == deal) {
-                    *d = now;
-                }
-                if !runs {
-                    continue;
-                }
-                match self.chain.report_missed(node, epoch, deal).await {
-                    Ok(_) => {
-                        self.metrics.reported.inc();
-                        warn!(%node, epoch, deal, "reported a missed epoch");
-                    }
-                    // Another watcher was first, or the proof landed late in the window.
-                    Err(e)
-                        if e.reason().is_some_and(|r| {
-                            r.starts_with("AlreadySlashed") || r.starts_with("EpochWasProven")
-                        }) => {}
-                    Err(e) => return Err(e),
-                }
-                break; // once per node and epoch
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Worker for Watcher<super::Chain> {
-    type Error = ChainError;
-
-    fn name(&self) -> &'static str {
-        "watcher"
-    }
-
-    async fn step(&mut self) -> Result<Step, ChainError> {
-        let started = Instant::now();
-        self.round().await?;
-        Ok(next_round(started, self.poll))
-    }
-
-    fn progress(&self) -> String {
-        let checked = self.checked.map_or_else(
-            || "no epoch checked yet".to_string(),
-            |e| format!("checked to epoch {e}"),
-        );
-        format!(
-            "{checked}; {} running deals of other nodes watched, {} proposed",
-            self.deals.len(),
-            self.pending.len()
         )
     }
 

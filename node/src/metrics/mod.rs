@@ -201,6 +201,8 @@ pub struct ProofMetrics {
     pub submit_errors: Counter,
     /// Missed epochs of other nodes this node reported.
     pub reported: Counter,
+    /// Transactions this node sent that were mined but reverted (gas paid for nothing).
+    pub reverted: Counter,
     /// Shares pushed here that no deal paid for, freed after their grace time.
     pub unpaid_freed: Counter,
     /// This node's chain account balance, in gwei (pays for proof transactions).
@@ -478,6 +480,11 @@ impl Metrics {
                 &proofs.reported,
             ),
             (
+                "chain_reverted_transactions",
+                "Transactions this node sent that were mined but reverted",
+                &proofs.reverted,
+            ),
+            (
                 "unpaid_shares_freed",
                 "Shares pushed here that no deal paid for, freed after their grace time",
                 &proofs.unpaid_freed,
@@ -557,6 +564,7 @@ mod tests {
             "cairn_p2p_connected_peers 0",
             "cairn_proof_epochs_proven_total 0",
             "cairn_proof_missed_reported_total 0",
+            "cairn_chain_reverted_transactions_total 0",
             "cairn_chain_balance_gwei 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");

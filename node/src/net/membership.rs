@@ -133,6 +133,16 @@ impl Membership {
             .flatten()
     }
 
+    /// The chain accounts of the current members (chain mode; empty otherwise).
+    pub fn accounts(&self) -> Vec<String> {
+        self.set
+            .borrow()
+            .members
+            .values()
+            .filter_map(Clone::clone)
+            .collect()
+    }
+
     /// `peers` without the non-members, in order.
     pub fn filter(&self, peers: impl IntoIterator<Item = PeerId>) -> Vec<PeerId> {
         peers.into_iter().filter(|p| self.is_member(p)).collect()
