@@ -338,12 +338,84 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         "missed epochs while all nodes run: {slashed_before:?}"
     );
 
+    // Issue 12, griefing: right after a storing node proves an epoch, 50 proposals name it
+    // (anyone may propose; 40 match what it holds, 10 do not). It still proves the following
+    // epochs: acceptances wait behind its proofs, and one pass over its shards serves every
+    // proposal for the same checkpoint.
+    let target = deals
+        .iter()
+        .find(|d| d.node == net.account(0))
+        .unwrap_or(&deals[0])
+        .clone();
+    let flooded = net.node_index(target.node);
+    let proven_epoch = loop {
+        let epoch = params.epoch_of(chain.block_number().await.expect("block"));
+        let proven = logs::<CairnStorage::EpochProven>(&chain, params.epoch_start(epoch)).await;
+        if proven
+            .iter()
+            .any(|(_, p)| p.node == target.node && p.epoch == epoch)
+        {
+            break epoch;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let flood_epochs = 1000u32;
+    let price = alloy::primitives::Uint::<88, 2>::from(1u64);
+    let mut pending = Vec::new();
+    for i in 0..50 {
+        let commitment = if i % 5 == 4 {
+            [0x77; 16]
+        } else {
+            target.commitment
+        };
+        let call = chain
+            .contract()
+            .proposeDeal(
+                target.node,
+                target.checkpoint,
+                alloy::primitives::FixedBytes(commitment),
+                target.leaf_count,
+                flood_epochs,
+                price,
+            )
+            .value(U256::from(flood_epochs));
+        pending.push(call.send().await.expect("propose"));
+    }
+    let mut flood = Vec::new();
+    for p in pending {
+        let receipt = p.get_receipt().await.expect("receipt");
+        assert!(receipt.status(), "a proposal reverted");
+        let proposed = receipt
+            .decoded_log::<CairnStorage::DealProposed>()
+            .expect("a DealProposed event");
+        flood.push(proposed.data.id.to::<u64>());
+    }
+    wait_block(&chain, params.epoch_start(proven_epoch + 4) + 1).await;
+    let proven = logs::<CairnStorage::EpochProven>(&chain, params.epoch_start(proven_epoch)).await;
+    for e in proven_epoch + 1..=proven_epoch + 3 {
+        assert!(
+            proven
+                .iter()
+                .any(|(_, p)| p.node == target.node && p.epoch == e),
+            "node {flooded} did not prove epoch {e} after the flood"
+        );
+    }
+    let mut accepted = 0;
+    for id in &flood {
+        let d = chain.deal(*id).await.expect("deal");
+        if d.state == 2 {
+            assert_eq!(d.commitment, target.commitment, "deal {id} does not match");
+            accepted += 1;
+        }
+    }
+    assert!(accepted > 0, "none of the flood was taken up");
+
     // 3. Corrupt the ft1 shard of one storing node (not the gateway): it must not prove from
     // it, and the epoch gets reported.
     let ft1_manifest = manifest_of(&gateway, &ft1).await;
     let mut corrupt_at = None;
     for cid in ft1_manifest.shard_cids() {
-        for i in 1..NODES {
+        for i in (1..NODES).filter(|&i| i != flooded) {
             if holds(&net.url(i), &cid.to_string()).await {
                 corrupt_at = Some((i, *cid));
             }
@@ -368,7 +440,7 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
 
     // 2. Stop another storing node.
     let stopped = (1..NODES)
-        .find(|&i| i != bad && storing.contains(&net.account(i)))
+        .find(|&i| i != bad && i != flooded && storing.contains(&net.account(i)))
         .expect("another storing node");
     let stopped_account = net.account(stopped);
     // Balances are read at the block the slash logs are counted from, so that a slash mined

@@ -222,6 +222,11 @@ impl UpperTree {
         self.levels[0].get(chunk as usize).copied()
     }
 
+    /// Every chunk root, in order (what [`UpperTree::new`] was built over).
+    pub fn chunk_roots(&self) -> &[Node] {
+        &self.levels[0]
+    }
+
     pub fn commitment(&self) -> Commitment {
         let top = self.levels.last().expect("at least one level");
         Commitment {

@@ -17,7 +17,8 @@ pub use error::{BackendError, CommitError, OpenError, PutError, ReadError, Unpin
 pub use mem::MemBackend;
 pub use rocks::{RocksBackend, RocksOptions, ValueMode};
 pub use store::{
-    CheckpointInfo, MAX_NAME_HISTORY, MAX_NAME_LEN, MAX_PENDING_PEERS, NameEntry, NameError,
-    PendingDelete, PutSession, ScrubState, ShardPlace, ShardStatus, StagedRecord, Store,
-    StoreStats, UPLOAD_KEY_LEN, check_name, record_charge, shard_charge,
+    AcceptedDeal, CHUNK_ROOT_LEN, CheckpointInfo, MAX_NAME_HISTORY, MAX_NAME_LEN,
+    MAX_PENDING_PEERS, NameEntry, NameError, PendingDelete, PutSession, ScrubState, ShardPlace,
+    ShardStatus, StagedRecord, Store, StoreStats, UPLOAD_KEY_LEN, check_name, record_charge,
+    shard_charge,
 };

@@ -8,10 +8,12 @@ use tracing::{debug, warn};
 use crate::backend::{Backend, BatchOp};
 use crate::error::{BackendError, CommitError, OpenError, PutError, ReadError, UnpinError};
 
+mod deals;
 mod deleted;
 mod names;
 mod scrub;
 mod uploads;
+pub use deals::{AcceptedDeal, CHUNK_ROOT_LEN};
 pub use deleted::{MAX_PENDING_PEERS, PendingDelete};
 pub use names::{MAX_NAME_HISTORY, MAX_NAME_LEN, NameEntry, NameError, check_name};
 pub use scrub::{ScrubState, ShardPlace};

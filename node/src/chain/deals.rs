@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use cairn_erasure::{Cid, Manifest};
 use cairn_proofs::tree::{CHUNK_SIZE, Node, chunks_for, shard_chunk_roots};
 use cairn_proofs::{Commitment, UpperTree};
-use cairn_storage::{Backend, ReadError, Store};
+use cairn_storage::{AcceptedDeal, Backend, CHUNK_ROOT_LEN, ReadError, Store};
 use thiserror::Error;
 
 /// One shard of a deal's data.
@@ -41,7 +41,11 @@ pub enum DealDataError {
     Read(#[from] ReadError),
     #[error("cannot list shards: {0}")]
     Backend(#[from] cairn_storage::BackendError),
+    #[error("the record of the deal lists {pieces} chunks of shards but {roots} chunk roots")]
+    BadRecord { pieces: u64, roots: u64 },
 }
+
+const _: () = assert!(CHUNK_ROOT_LEN == cairn_proofs::tree::NODE_SIZE);
 
 /// The manifest's shards in deal order (each CID once).
 fn ordered_shards(manifest: &Manifest) -> Vec<Cid> {
@@ -83,9 +87,60 @@ pub fn held_data<B: Backend>(
     Ok(HeldData { pieces, tree })
 }
 
+/// The shards of `manifest` this node holds now, in deal order, with their lengths (index
+/// reads only: nothing is hashed).
+pub fn held_shards<B: Backend>(
+    store: &Store<B>,
+    manifest: &Manifest,
+) -> Result<Vec<(Cid, u64)>, DealDataError> {
+    let mut out = Vec::new();
+    for cid in ordered_shards(manifest) {
+        if store.has_shard(&cid)? {
+            out.push((cid, store.shard_len(&cid)?));
+        }
+    }
+    Ok(out)
+}
+
 impl HeldData {
     pub fn commitment(&self) -> Commitment {
         self.tree.commitment()
+    }
+
+    /// The shards and their lengths, in deal order.
+    pub fn shards(&self) -> Vec<(Cid, u64)> {
+        self.pieces.iter().map(|p| (p.cid, p.len)).collect()
+    }
+
+    /// What the node keeps of an accepted deal, so it proves the same data after a restart.
+    pub fn record(&self) -> AcceptedDeal {
+        AcceptedDeal {
+            pieces: self.shards(),
+            chunk_roots: self.tree.chunk_roots().to_vec(),
+        }
+    }
+
+    /// Rebuild from an accepted deal's record, without reading a byte of its shards.
+    pub fn from_record(root: &Cid, record: AcceptedDeal) -> Result<HeldData, DealDataError> {
+        let mut pieces = Vec::with_capacity(record.pieces.len());
+        let mut chunks = 0;
+        for (cid, len) in record.pieces {
+            pieces.push(Piece {
+                cid,
+                len,
+                first_chunk: chunks,
+            });
+            chunks += chunks_for(len);
+        }
+        let roots = record.chunk_roots.len() as u64;
+        if chunks != roots {
+            return Err(DealDataError::BadRecord {
+                pieces: chunks,
+                roots,
+            });
+        }
+        let tree = UpperTree::new(record.chunk_roots).ok_or(DealDataError::NothingHeld(*root))?;
+        Ok(HeldData { pieces, tree })
     }
 
     /// The bytes of chunk `c` as stored (verified by the store; without the zero padding).

@@ -156,13 +156,20 @@ pub struct DealInfo {
     pub commitment: [u8; 16],
     pub leaf_count: u64,
     pub checkpoint: B256,
-    /// 1 proposed, 2 active, 3 cancelled.
+    /// [`DEAL_PROPOSED`], [`DEAL_ACTIVE`] or [`DEAL_CANCELLED`].
     pub state: u8,
 }
 
+/// A deal's state on chain: proposed by a client, not yet accepted.
+pub const DEAL_PROPOSED: u8 = 1;
+/// Accepted by its node (it may have ended: see [`DealInfo::runs_in`]).
+pub const DEAL_ACTIVE: u8 = 2;
+/// Taken back by its client before acceptance.
+pub const DEAL_CANCELLED: u8 = 3;
+
 impl DealInfo {
     pub fn runs_in(&self, epoch: u64) -> bool {
-        self.state == 2
+        self.state == DEAL_ACTIVE
             && self.start != 0
             && epoch >= self.start
             && epoch < self.start + self.epochs

@@ -12,7 +12,7 @@ use cairn_erasure::Cid;
 use cairn_storage::{Backend, CheckpointInfo, Store};
 use tracing::{info, warn};
 
-use super::{ProofChain, root_word};
+use super::{DEAL_ACTIVE, DEAL_PROPOSED, ProofChain, root_word};
 use crate::metrics::ProofMetrics;
 use crate::pipeline::now_unix;
 
@@ -36,8 +36,8 @@ async fn covered<C: ProofChain>(chain: &C, epoch: u64) -> Result<HashSet<B256>, 
     let mut out = HashSet::new();
     for id in chain.deals_of(chain.me()).await? {
         let d = chain.deal(id).await?;
-        let offered = d.state == 1;
-        let running = d.state == 2 && d.start + d.epochs > epoch;
+        let offered = d.state == DEAL_PROPOSED;
+        let running = d.state == DEAL_ACTIVE && d.start + d.epochs > epoch;
         if offered || running {
             out.insert(d.checkpoint);
         }

@@ -16,7 +16,7 @@ use alloy::primitives::Address;
 use tracing::{debug, warn};
 
 use super::report::{due_block, turn};
-use super::{ChainError, DealInfo, Params, ProofChain};
+use super::{ChainError, DEAL_ACTIVE, DEAL_PROPOSED, DealInfo, Params, ProofChain};
 use crate::metrics::ProofMetrics;
 use crate::net::Membership;
 use crate::worker::{Step, Worker, next_round};
@@ -87,8 +87,8 @@ impl<C: ProofChain> Watcher<C> {
         let mut todo: VecDeque<u64> = std::mem::take(&mut self.pending).into();
         while let Some(id) = todo.pop_front() {
             match self.chain.deal(id).await {
-                Ok(d) if d.state == 1 => self.pending.push(id),
-                Ok(d) if d.state == 2 && d.node != me => self.deals.push(d),
+                Ok(d) if d.state == DEAL_PROPOSED => self.pending.push(id),
+                Ok(d) if d.state == DEAL_ACTIVE && d.node != me => self.deals.push(d),
                 Ok(_) => {}
                 Err(e) => {
                     self.pending.push(id);

@@ -4,20 +4,23 @@
 //! the next one (its back-off never grows past one round: a proof window does not wait). Its
 //! sibling, the watcher that reports other nodes' missed epochs, is in [`super::watcher`].
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
+use cairn_erasure::Cid;
 use cairn_proofs::challenge::{leaf, sample_value, slot};
 use cairn_proofs::tree::CHUNK_LEAVES;
 use cairn_proofs::{Proof, encode_blob, prove, verify};
 use cairn_storage::{Backend, Store};
 use thiserror::Error;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error};
 
-use super::deals::{DealDataError, HeldData, held_data};
-use super::{ChainError, DealInfo, Params, ProofChain, word_root};
+mod intake;
+
+use super::deals::{DealDataError, HeldData};
+use super::{ChainError, DealInfo, Params, ProofChain};
 use crate::metrics::ProofMetrics;
 use crate::worker::{Step, Worker, next_round};
 
@@ -110,8 +113,13 @@ pub struct Prover<C, B: Backend> {
     /// One round per `poll`.
     poll: Duration,
     held: HashMap<u64, HeldDeal>,
-    /// Deals to look at again next round (an RPC failed, or accepting them did).
+    /// Deals to look at again next round (an RPC failed, accepting them did, or they wait
+    /// behind a proof).
     retry: Vec<u64>,
+    /// The deal data last computed per checkpoint (see [`MAX_CACHED_TREES`]).
+    trees: HashMap<Cid, Arc<HeldData>>,
+    /// Passes over a checkpoint's shards to compute deal data, since the start.
+    passes: u64,
     scanned: u64,
     started: bool,
     done_epoch: Option<u64>,
@@ -133,6 +141,8 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
             poll,
             held: HashMap::new(),
             retry: Vec::new(),
+            trees: HashMap::new(),
+            passes: 0,
             scanned: 0,
             started: false,
             done_epoch: None,
@@ -170,105 +180,21 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
                 self.prove_epoch(epoch).await?;
             }
         }
-        // Ended deals are never challenged again: keep what they were, drop their trees.
-        for d in self.held.values_mut() {
-            if d.info.start + d.info.epochs <= epoch {
+        // Ended deals are never challenged again: keep what they were, drop their trees
+        // and records.
+        let ended: Vec<u64> = self
+            .held
+            .values()
+            .filter(|d| d.data.is_some() && d.info.start + d.info.epochs <= epoch)
+            .map(|d| d.info.id)
+            .collect();
+        for id in ended {
+            self.forget_record(id).await;
+            if let Some(d) = self.held.get_mut(&id) {
                 d.data = None;
             }
         }
         self.scan_deals().await
-    }
-
-    async fn scan_deals(&mut self) -> Result<(), ChainError> {
-        let me = self.chain.me();
-        let count = self.chain.deal_count().await?;
-        let mut todo: VecDeque<u64> = std::mem::take(&mut self.retry).into();
-        todo.extend(self.scanned + 1..=count);
-        self.scanned = self.scanned.max(count);
-        while let Some(id) = todo.pop_front() {
-            let done = match self.chain.deal(id).await {
-                Ok(info) if info.node == me && info.state != 3 => self.take_up(info).await,
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = done {
-                self.retry.push(id);
-                self.retry.extend(todo);
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Check a deal against the store; accept it (if proposed) when the commitment matches.
-    async fn take_up(&mut self, info: DealInfo) -> Result<(), ChainError> {
-        let id = info.id;
-        let root = word_root(&info.checkpoint);
-        let store = self.store.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let (manifest, _) = store.manifest_entry(&root)?;
-            held_data(&store, &root, &manifest).map_err(|e| match e {
-                DealDataError::Read(r) => r,
-                other => cairn_storage::ReadError::NotFound(other.to_string()),
-            })
-        })
-        .await
-        .map_err(|e| ChainError::Config(format!("deal reader failed: {e}")))?;
-        let data = match data {
-            Ok(d) => d,
-            Err(e) if info.state == 2 => {
-                self.lost(info, &e.to_string());
-                return Ok(());
-            }
-            Err(e) => {
-                warn!(deal = id, %root, error = %e, "cannot read the data of a deal offered to this node; not taking it");
-                return Ok(());
-            }
-        };
-        let c = data.commitment();
-        if c.root != info.commitment || c.leaf_count != info.leaf_count {
-            if info.state == 2 {
-                self.lost(info, "the shards held no longer match its commitment");
-            } else {
-                warn!(deal = id, %root, "a deal's commitment does not match the shards held here; not accepting it");
-            }
-            return Ok(());
-        }
-        let mut info = info;
-        if info.state == 1 {
-            if let Err(e) = self.chain.accept_deal(id).await {
-                // A timeout or a lost answer may still have been mined: look again.
-                let now = self.chain.deal(id).await?;
-                if now.state == 1 && e.reason().is_none() {
-                    warn!(deal = id, error = %e, "cannot accept a deal yet; trying again");
-                    self.retry.push(id);
-                    return Ok(());
-                }
-                if now.state != 2 {
-                    warn!(deal = id, error = %e, "the contract refused this node's acceptance of a deal");
-                    return Ok(());
-                }
-            }
-            info = self.chain.deal(id).await?;
-            info!(deal = id, %root, start = info.start, epochs = info.epochs, leaves = info.leaf_count, "deal accepted");
-        }
-        self.held.insert(
-            id,
-            HeldDeal {
-                info,
-                data: Some(Arc::new(data)),
-            },
-        );
-        Ok(())
-    }
-
-    /// An accepted deal whose data is gone: kept (its epochs must still be proven, and every
-    /// sample falling on it now fails the epoch), logged and counted.
-    fn lost(&mut self, info: DealInfo, why: &str) {
-        let root = word_root(&info.checkpoint);
-        error!(deal = info.id, %root, why, "this node accepted a deal whose data it cannot prove");
-        self.metrics.corrupt.inc();
-        self.held.insert(info.id, HeldDeal { info, data: None });
     }
 
     async fn prove_epoch(&mut self, epoch: u64) -> Result<(), ChainError> {
@@ -368,9 +294,10 @@ impl<B: Backend> Worker for Prover<super::Chain, B> {
         );
         let with_data = self.held.values().filter(|d| d.data.is_some()).count();
         format!(
-            "{proven}; {} deals held ({with_data} with data), {} to look at again",
+            "{proven}; {} deals held ({with_data} with data), {} to look at again, {} passes over deal data",
             self.held.len(),
-            self.retry.len()
+            self.retry.len(),
+            self.passes
         )
     }
 
@@ -384,70 +311,4 @@ impl<B: Backend> Worker for Prover<super::Chain, B> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use cairn_erasure::Layout;
-    use cairn_storage::MemBackend;
-
-    /// A node holding one checkpoint; its deal covers every shard.
-    fn held() -> (Store<MemBackend>, HashMap<u64, HeldDeal>) {
-        let store = Store::open(MemBackend::new(), 1 << 30).expect("store");
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 253) as u8).collect();
-        let upload = crate::pipeline::Upload::File {
-            path: "w.bin".into(),
-            reader: &data[..],
-        };
-        let layout = Layout::new(2, 1, 128 << 10).expect("layout");
-        let (root, manifest) =
-            crate::pipeline::ingest(&store, layout, upload, "w", &|_| {}).expect("ingest");
-        let data = held_data(&store, &root, &manifest).expect("held");
-        let c = data.commitment();
-        let info = DealInfo {
-            id: 7,
-            node: Address::ZERO,
-            client: Address::ZERO,
-            start: 1,
-            epochs: 10,
-            commitment: c.root,
-            leaf_count: c.leaf_count,
-            checkpoint: super::super::root_word(&root),
-            state: 2,
-        };
-        let deal = HeldDeal {
-            info,
-            data: Some(Arc::new(data)),
-        };
-        (store, HashMap::from([(7, deal)]))
-    }
-
-    #[test]
-    fn proofs_verify_and_changed_data_sends_nothing() {
-        let (store, held) = held();
-        let me = Address::repeat_byte(3);
-        let proofs = build_epoch_proofs(&store, &held, &[7], &[9; 32], &me, 4, 8).expect("proofs");
-        assert_eq!(proofs.len(), 8);
-        // An epoch the deal does not run in: nothing to prove.
-        let none = build_epoch_proofs(&store, &held, &[7], &[9; 32], &me, 11, 8).expect("void");
-        assert!(none.is_empty());
-        // A deal id this node never took up fails the epoch instead of skipping it.
-        assert!(matches!(
-            build_epoch_proofs(&store, &held, &[8], &[9; 32], &me, 4, 8),
-            Err(ProveEpochError::NotHeld(8))
-        ));
-        // Flip one byte in every shard: every sample now reads data that fails its hash, and
-        // no proof comes out.
-        let pieces = held[&7].data.as_ref().expect("data").pieces.clone();
-        for p in &pieces {
-            assert!(store.backend().flip_blob_byte(&p.cid.to_bytes(), 0));
-            for at in (16 << 10..p.len as usize).step_by(16 << 10) {
-                store.backend().flip_blob_byte(&p.cid.to_bytes(), at);
-            }
-        }
-        let err = build_epoch_proofs(&store, &held, &[7], &[9; 32], &me, 4, 8)
-            .expect_err("corrupt data proves nothing");
-        assert!(
-            matches!(err, ProveEpochError::Data { deal: 7, .. }),
-            "{err}"
-        );
-    }
-}
+mod tests;
