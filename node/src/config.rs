@@ -161,6 +161,10 @@ pub const DEFAULT_DEAL_EPOCHS: u32 = 1000;
 pub const DEFAULT_DEAL_PRICE_GWEI: u64 = 1000;
 /// Default chain polling interval.
 pub const DEFAULT_CHAIN_POLL_MS: u64 = 500;
+/// Finished, unpaid epochs of a running deal that make it worth a settlement.
+pub const DEFAULT_SETTLE_EVERY_EPOCHS: u64 = 24;
+/// Gwei owed that make a withdrawal worth its gas: 0.01 ETH.
+pub const DEFAULT_WITHDRAW_MIN_GWEI: u64 = 10_000_000;
 
 /// `[chain]`: proofs of storage and provenance on the CairnStorage contract. Off while
 /// `rpc_url` is empty.
@@ -183,6 +187,11 @@ pub struct ChainSection {
     pub deal_price_gwei: u64,
     /// How often the prover and watcher poll the chain, in milliseconds.
     pub poll_ms: u64,
+    /// Settle a running deal's payment once this many of its epochs are finished and unpaid,
+    /// and an ended deal's rest at once (0: never settle; anyone may, by hand).
+    pub settle_every_epochs: u64,
+    /// Withdraw what the contract owes this node once it reaches this many gwei (0: never).
+    pub withdraw_min_gwei: u64,
 }
 
 impl Default for ChainSection {
@@ -195,6 +204,8 @@ impl Default for ChainSection {
             deal_epochs: DEFAULT_DEAL_EPOCHS,
             deal_price_gwei: DEFAULT_DEAL_PRICE_GWEI,
             poll_ms: DEFAULT_CHAIN_POLL_MS,
+            settle_every_epochs: DEFAULT_SETTLE_EVERY_EPOCHS,
+            withdraw_min_gwei: DEFAULT_WITHDRAW_MIN_GWEI,
         }
     }
 }

@@ -216,6 +216,17 @@ impl Node {
                     freed: 0,
                 };
                 crate::worker::spawn(&mut tasks, &jobs, sweeper, cancel.clone());
+                let payout = crate::chain::payout::Payout {
+                    params: crate::chain::ProofChain::params(&c).await?,
+                    chain: c.clone(),
+                    settle_every: config.chain.settle_every_epochs,
+                    withdraw_min_gwei: config.chain.withdraw_min_gwei,
+                    every: poll * crate::chain::payout::PAYOUT_POLLS,
+                    metrics: metrics.proofs.clone(),
+                    settled: 0,
+                    withdrawn: 0,
+                };
+                crate::worker::spawn(&mut tasks, &jobs, payout, cancel.clone());
                 Some(crate::chain::publish::Publisher {
                     chain: c,
                     deal_epochs: config.chain.deal_epochs,

@@ -313,7 +313,7 @@ pub async fn up(
         );
         if let Some(c) = &chain {
             config.push_str(&format!(
-                "\n[chain]\nrpc_url = {:?}\ncontract = {:?}\nkey = {:?}\npoll_ms = 250\n",
+                "\n[chain]\nrpc_url = {:?}\ncontract = {:?}\nkey = {:?}\npoll_ms = 250\nsettle_every_epochs = 4\nwithdraw_min_gwei = 1\n",
                 c.rpc,
                 c.contract,
                 c.keys.get(i + 1).context("too few dev accounts")?

@@ -527,9 +527,28 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         params.slash_amount * U256::from(times)
     );
     let publisher = net.account(0);
+    // The nodes settle and withdraw by themselves meanwhile: their settlements credit the
+    // deals' nodes (and clients, for unproven epochs), their withdrawals take credit out.
+    let within = |l: &Log| l.block_number.is_some_and(|b| b > stop_block && b <= at);
+    let mut settled_credit: BTreeMap<Address, U256> = BTreeMap::new();
+    for (l, e) in logs::<CairnStorage::DealSettled>(&chain, stop_block).await {
+        if !within(&l) {
+            continue;
+        }
+        let d = c.deals(e.id).call().await.expect("deal");
+        let price = U256::from(d.pricePerEpoch.to::<u128>());
+        *settled_credit.entry(d.node).or_default() += U256::from(e.paidEpochs) * price;
+        *settled_credit.entry(d.client).or_default() += U256::from(e.refundedEpochs) * price;
+    }
+    let mut withdrawn_by: BTreeMap<Address, U256> = BTreeMap::new();
+    for (l, e) in logs::<CairnStorage::Withdrawn>(&chain, stop_block).await {
+        if within(&l) {
+            *withdrawn_by.entry(e.account).or_default() += e.amount;
+        }
+    }
     for (i, before) in owed_before.iter().enumerate() {
         let a = net.account(i);
-        let mut expected = U256::ZERO;
+        let mut expected = settled_credit.get(&a).copied().unwrap_or_default();
         for (_, e) in &slashed {
             if e.reporter == a {
                 expected += e.reward;
@@ -539,7 +558,8 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
             }
         }
         let owed = c.owed(a).call().block(at.into()).await.expect("owed");
-        assert_eq!(owed - *before, expected, "node {i}'s credit");
+        let out = withdrawn_by.get(&a).copied().unwrap_or_default();
+        assert_eq!(owed + out - *before, expected, "node {i}'s credit");
     }
     let reporter = net.node_index(stopped_slash.1.reporter);
     // The reporter counts the report once its own receipt poll sees it mined, which may come
@@ -666,6 +686,30 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
             "node {i} counted {counted} reverted transactions, the chain shows {on_chain}"
         );
     }
+
+    // Money moves by itself: nobody here calls `settle` or `withdraw`, yet the nodes settled
+    // their deals' proven epochs and withdrew what they were owed, and none of those
+    // transactions reverted.
+    let settled = logs::<CairnStorage::DealSettled>(&chain, first_block).await;
+    assert!(
+        settled.iter().any(|(_, s)| s.paidEpochs > 0),
+        "no deal settled: {settled:?}"
+    );
+    let withdrawn = logs::<CairnStorage::Withdrawn>(&chain, first_block).await;
+    assert!(
+        withdrawn.iter().any(|(_, w)| storing.contains(&w.account)),
+        "no storing node withdrew: {withdrawn:?}"
+    );
+    for selector in [
+        <CairnStorage::settleCall as alloy::sol_types::SolCall>::SELECTOR,
+        <CairnStorage::withdrawCall as alloy::sol_types::SolCall>::SELECTOR,
+    ] {
+        assert!(
+            !reverted.values().flatten().any(|s| *s == selector),
+            "a payout transaction reverted: {reverted:?}"
+        );
+    }
+    assert!(metric(&net.url(flooded), "cairn_chain_settlements_total").await >= 1.0);
 
     // Cluster-wide delete of ft2, whose publisher is the gateway (node 0).
     let ft2_cid = cairn_erasure::parse_cid(&ft2).expect("cid");

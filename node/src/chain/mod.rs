@@ -4,6 +4,7 @@
 
 pub mod deals;
 pub mod ending;
+pub mod payout;
 pub mod prover;
 pub mod publish;
 pub mod registry;
@@ -158,6 +159,8 @@ pub struct DealInfo {
     pub checkpoint: B256,
     /// [`DEAL_PROPOSED`], [`DEAL_ACTIVE`] or [`DEAL_CANCELLED`].
     pub state: u8,
+    /// Epochs of the deal paid for so far (`settle`).
+    pub settled: u64,
 }
 
 /// A deal's state on chain: proposed by a client, not yet accepted.
@@ -640,6 +643,7 @@ impl ProofChain for Chain {
             leaf_count: d.leafCount.to::<u64>(),
             checkpoint: d.checkpoint,
             state: d.state,
+            settled: d.settled,
         })
     }
 

@@ -205,6 +205,10 @@ pub struct ProofMetrics {
     pub reverted: Counter,
     /// Shares pushed here that no deal paid for, freed after their grace time.
     pub unpaid_freed: Counter,
+    /// Settlements of this node's deals it sent (payment for proven epochs).
+    pub settlements: Counter,
+    /// Gwei this node withdrew from what the contract owed it.
+    pub withdrawn_gwei: Counter,
     /// This node's chain account balance, in gwei (pays for proof transactions).
     pub balance_gwei: Gauge,
 }
@@ -488,6 +492,16 @@ impl Metrics {
                 "unpaid_shares_freed",
                 "Shares pushed here that no deal paid for, freed after their grace time",
                 &proofs.unpaid_freed,
+            ),
+            (
+                "chain_settlements",
+                "Settlements of this node's deals it sent",
+                &proofs.settlements,
+            ),
+            (
+                "chain_withdrawn_gwei",
+                "Gwei this node withdrew from what the contract owed it",
+                &proofs.withdrawn_gwei,
             ),
         ] {
             reg.register(name, help, m.clone());

@@ -32,6 +32,7 @@ fn held() -> (Store<MemBackend>, HashMap<u64, HeldDeal>) {
         leaf_count: c.leaf_count,
         checkpoint: root_word(&root),
         state: DEAL_ACTIVE,
+        settled: 0,
     };
     let deal = HeldDeal {
         info,
@@ -128,6 +129,7 @@ impl TestChain {
             leaf_count: c.leaf_count,
             checkpoint: root_word(root),
             state: DEAL_PROPOSED,
+            settled: 0,
         });
         id
     }
