@@ -64,6 +64,9 @@ pub enum Command {
     },
     /// Print a checkpoint's lineage from chain: itself, its parent, ... back to its base.
     Log { cid: String },
+    /// Show the node's account on chain: balance, stake, credits owed, the deals it accepted
+    /// and the escrow of the deals it proposed.
+    Wallet,
     /// Deploy the CairnStorage contract to a chain. The RPC URL and the deployer's private
     /// key come from the environment (CAIRN_RPC_URL, CAIRN_CHAIN_KEY); prints the address.
     Deploy {

@@ -711,6 +711,45 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
     }
     assert!(metric(&net.url(flooded), "cairn_chain_settlements_total").await >= 1.0);
 
+    // `cairn wallet` shows it: the node's deals (settled in part by now), its stake and
+    // credits; the gateway's escrow as the client of every deal.
+    let before = chain.deals_of(target.node).await.expect("deals").len();
+    let out = ok(Command::new(BIN)
+        .args(["--node", &net.url(flooded), "wallet"])
+        .output()
+        .expect("run cairn"));
+    let w: cairn_node::chain::wallet::Wallet =
+        reqwest::get(format!("{}/v1/wallet", net.url(flooded)))
+            .await
+            .expect("wallet")
+            .json()
+            .await
+            .expect("json");
+    let after = chain.deals_of(target.node).await.expect("deals").len();
+    assert_eq!(w.account, target.node.to_string());
+    assert!(w.registered && w.stake_wei != "0", "{w:?}");
+    assert!(
+        (before..=after).contains(&w.node_deals.len()),
+        "{} deals shown, {before}..{after} on chain",
+        w.node_deals.len()
+    );
+    assert!(w.node_deals.iter().all(|d| d.settled <= d.epochs));
+    assert!(w.node_deals.iter().any(|d| d.settled > 0), "{w:?}");
+    assert!(
+        out.contains(&w.account) && out.contains("deals accepted"),
+        "{out}"
+    );
+    let gw: cairn_node::chain::wallet::Wallet = reqwest::get(format!("{gateway}/v1/wallet"))
+        .await
+        .expect("wallet")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        gw.client_deals_open >= 3 && gw.client_escrow_wei != "0",
+        "{gw:?}"
+    );
+
     // Cluster-wide delete of ft2, whose publisher is the gateway (node 0).
     let ft2_cid = cairn_erasure::parse_cid(&ft2).expect("cid");
     let ft2_word = cairn_node::chain::root_word(&ft2_cid);

@@ -49,6 +49,23 @@ pub(super) async fn lineage<B: Backend>(
     ))
 }
 
+/// The node's account on chain: stake, credits, deals and escrow.
+pub(super) async fn wallet<B: Backend>(
+    State(s): State<AppState<B>>,
+) -> Result<Json<crate::chain::wallet::Wallet>, ApiError> {
+    let Some(p) = &s.publisher else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_chain",
+            "this node is not connected to a chain (chain.rpc_url is empty)",
+        ));
+    };
+    crate::chain::wallet::wallet(&p.chain)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string()))
+}
+
 #[derive(Serialize)]
 pub(super) struct StatusBody {
     version: &'static str,

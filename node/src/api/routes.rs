@@ -41,6 +41,7 @@ pub fn table<B: Backend>() -> Table<B> {
         routes: Vec::new(),
     }
     .add("/v1/status", &["GET"], get(info::status::<B>))
+    .add("/v1/wallet", &["GET"], get(info::wallet::<B>))
     .add(
         "/v1/checkpoints",
         &["GET", "POST"],

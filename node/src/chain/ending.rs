@@ -3,7 +3,7 @@
 //! cancelled, unused escrow refunded), and a storing node refuses to drop data that a deal
 //! it accepted still runs on (it would miss proofs and be slashed).
 
-use alloy::primitives::U256;
+use alloy::primitives::{B256, U256};
 use alloy::providers::Provider;
 use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent;
@@ -12,9 +12,8 @@ use cairn_erasure::Cid;
 use super::bindings::CairnStorage;
 use super::{Chain, ChainError, DealInfo, ProofChain, from_contract, root_word, rpc};
 
-/// Deal states as the contract numbers them.
-const PROPOSED: u8 = 1;
-const ACTIVE: u8 = 2;
+const PROPOSED: u8 = super::DEAL_PROPOSED;
+const ACTIVE: u8 = super::DEAL_ACTIVE;
 
 /// A deal this node accepted that still runs on a checkpoint (now or in a later epoch).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +56,19 @@ pub struct EndedDeals {
 }
 
 impl Chain {
-    /// This account's deals (as client) on `root`, as the chain holds them now: found by
-    /// their `DealProposed` logs, which index the client.
+    /// This account's deals (as client) on `root`, as the chain holds them now.
     pub async fn client_deals(&self, root: &Cid) -> Result<Vec<DealInfo>, ChainError> {
+        let word = root_word(root);
+        let mut out = Vec::new();
+        for id in self.proposed_ids(Some(word)).await? {
+            out.push(self.deal(id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Ids of the deals this account proposed (as client), on `root` if given: found by
+    /// their `DealProposed` logs, which index the client.
+    pub async fn proposed_ids(&self, root: Option<B256>) -> Result<Vec<u64>, ChainError> {
         let from = self.genesis_block().await?;
         let filter = Filter::new()
             .address(*self.contract.address())
@@ -71,7 +80,6 @@ impl Chain {
             .get_logs(&filter)
             .await
             .map_err(rpc("eth_getLogs"))?;
-        let word = root_word(root);
         let mut out = Vec::new();
         for log in logs {
             let ev = CairnStorage::DealProposed::decode_log(&log.inner).map_err(|e| {
@@ -80,8 +88,8 @@ impl Chain {
                     reason: format!("undecodable DealProposed log: {e}"),
                 }
             })?;
-            if ev.data.checkpoint == word {
-                out.push(self.deal(ev.data.id.saturating_to()).await?);
+            if root.is_none_or(|w| ev.data.checkpoint == w) {
+                out.push(ev.data.id.saturating_to());
             }
         }
         Ok(out)

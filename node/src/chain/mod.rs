@@ -10,6 +10,7 @@ pub mod publish;
 pub mod registry;
 pub mod report;
 pub mod unpaid;
+pub mod wallet;
 pub mod watcher;
 
 use std::sync::Arc;

@@ -508,6 +508,12 @@ impl Client {
         serde_json::from_value(v).map_err(|e| ClientError::Invalid(format!("lineage answer: {e}")))
     }
 
+    /// The node's account on chain (`GET /v1/wallet`).
+    pub async fn wallet(&self) -> Result<crate::chain::wallet::Wallet, ClientError> {
+        let v = self.json("/v1/wallet").await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Invalid(format!("wallet answer: {e}")))
+    }
+
     pub async fn json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         let resp = self.http.get(self.url(path)).send().await?;
         Ok(check(resp).await?.json().await?)
