@@ -163,6 +163,8 @@ pub const DEFAULT_DEAL_PRICE_GWEI: u64 = 1000;
 pub const DEFAULT_CHAIN_POLL_MS: u64 = 500;
 /// Finished, unpaid epochs of a running deal that make it worth a settlement.
 pub const DEFAULT_SETTLE_EVERY_EPOCHS: u64 = 24;
+/// Epochs a proposal waits for its node before the gateway takes its escrow back.
+pub const DEFAULT_CANCEL_PROPOSALS_AFTER_EPOCHS: u64 = 24;
 /// Gwei owed that make a withdrawal worth its gas: 0.01 ETH.
 pub const DEFAULT_WITHDRAW_MIN_GWEI: u64 = 10_000_000;
 
@@ -190,6 +192,9 @@ pub struct ChainSection {
     /// Settle a running deal's payment once this many of its epochs are finished and unpaid,
     /// and an ended deal's rest at once (0: never settle; anyone may, by hand).
     pub settle_every_epochs: u64,
+    /// Cancel a deal this node proposed as a gateway when no node accepted it within this
+    /// many epochs; its escrow is credited back (0: never).
+    pub cancel_proposals_after_epochs: u64,
     /// Withdraw what the contract owes this node once it reaches this many gwei (0: never).
     pub withdraw_min_gwei: u64,
 }
@@ -205,6 +210,7 @@ impl Default for ChainSection {
             deal_price_gwei: DEFAULT_DEAL_PRICE_GWEI,
             poll_ms: DEFAULT_CHAIN_POLL_MS,
             settle_every_epochs: DEFAULT_SETTLE_EVERY_EPOCHS,
+            cancel_proposals_after_epochs: DEFAULT_CANCEL_PROPOSALS_AFTER_EPOCHS,
             withdraw_min_gwei: DEFAULT_WITHDRAW_MIN_GWEI,
         }
     }

@@ -216,16 +216,15 @@ impl Node {
                     freed: 0,
                 };
                 crate::worker::spawn(&mut tasks, &jobs, sweeper, cancel.clone());
-                let payout = crate::chain::payout::Payout {
-                    params: crate::chain::ProofChain::params(&c).await?,
-                    chain: c.clone(),
-                    settle_every: config.chain.settle_every_epochs,
-                    withdraw_min_gwei: config.chain.withdraw_min_gwei,
-                    every: poll * crate::chain::payout::PAYOUT_POLLS,
-                    metrics: metrics.proofs.clone(),
-                    settled: 0,
-                    withdrawn: 0,
-                };
+                let mut payout = crate::chain::payout::Payout::new(
+                    c.clone(),
+                    crate::chain::ProofChain::params(&c).await?,
+                    poll * crate::chain::payout::PAYOUT_POLLS,
+                    metrics.proofs.clone(),
+                );
+                payout.settle_every = config.chain.settle_every_epochs;
+                payout.cancel_after = config.chain.cancel_proposals_after_epochs;
+                payout.withdraw_min_gwei = config.chain.withdraw_min_gwei;
                 crate::worker::spawn(&mut tasks, &jobs, payout, cancel.clone());
                 Some(crate::chain::publish::Publisher {
                     chain: c,

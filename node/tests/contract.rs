@@ -1397,3 +1397,95 @@ async fn deploy_command_uses_the_environment() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Money moves by itself (the node's payout job, on a real chain): a gateway's proposal that
+/// no node accepts is cancelled once old enough, and the escrow it gets back is withdrawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cancels_proposals_nobody_accepted_and_withdraws_the_escrow() {
+    let env = Env::new().await;
+    register(&env, 1).await;
+    let tree = tree_of(&data(1, 1));
+    let c = tree.commitment();
+    let gateway = env.as_(5);
+    let k = gateway.contract();
+    send(&gateway, k.publish(word(9), B256::ZERO, word(0xee)))
+        .await
+        .expect("publish");
+    // 3 epochs at 1 gwei: more than the withdrawal minimum set below.
+    let gwei = 1_000_000_000u64;
+    let r = send(
+        &gateway,
+        k.proposeDeal(
+            env.addr(1),
+            word(9),
+            FixedBytes(c.root),
+            c.leaf_count,
+            3,
+            alloy::primitives::Uint::<88, 2>::from(gwei),
+        )
+        .value(U256::from(3 * gwei)),
+    )
+    .await
+    .expect("propose");
+    let id: u64 = r
+        .inner
+        .logs()
+        .iter()
+        .find_map(|l| l.log_decode::<CairnStorage::DealProposed>().ok())
+        .expect("event")
+        .inner
+        .data
+        .id
+        .to();
+    let params = gateway.params().await.expect("params");
+    let mut payout = cairn_node::chain::payout::Payout::new(
+        gateway.clone(),
+        params,
+        std::time::Duration::from_secs(1),
+        cairn_node::metrics::ProofMetrics::default(),
+    );
+    payout.cancel_after = 2;
+    payout.withdraw_min_gwei = 1;
+    let from = gateway.block_number().await.expect("block");
+
+    // Too young: followed, not cancelled.
+    payout.round().await.expect("round");
+    assert_eq!(gateway.deal(id).await.expect("deal").state, 1);
+    assert_eq!(payout.open.len(), 1);
+
+    // Two epochs later nobody accepted it: cancelled, its escrow credited and withdrawn.
+    env.mine(2 * EPOCH).await;
+    payout.round().await.expect("round");
+    assert_eq!(gateway.deal(id).await.expect("deal").state, 3);
+    assert_eq!((payout.cancelled, payout.withdrawn), (1, 1));
+    assert!(payout.open.is_empty());
+    assert_eq!(gateway.owed().await.expect("owed"), U256::ZERO);
+    let filter = alloy::rpc::types::Filter::new()
+        .address(env.contract)
+        .event_signature(<CairnStorage::Withdrawn as alloy::sol_types::SolEvent>::SIGNATURE_HASH)
+        .from_block(from);
+    let withdrawn: Vec<U256> = gateway
+        .provider()
+        .get_logs(&filter)
+        .await
+        .expect("logs")
+        .iter()
+        .map(|l| {
+            l.log_decode::<CairnStorage::Withdrawn>()
+                .expect("event")
+                .inner
+                .data
+                .amount
+        })
+        .collect();
+    assert_eq!(
+        withdrawn,
+        [U256::from(3 * gwei)],
+        "the whole escrow came back"
+    );
+
+    // Nothing left to do: a further round sends nothing.
+    let block = gateway.block_number().await.expect("block");
+    payout.round().await.expect("round");
+    assert_eq!(gateway.block_number().await.expect("block"), block);
+}

@@ -44,6 +44,15 @@ pub async fn running_deals_on<C: ProofChain>(
     Ok(out)
 }
 
+/// A deal this account proposed, as its log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub id: u64,
+    pub checkpoint: B256,
+    /// The block it was proposed in.
+    pub block: u64,
+}
+
 /// What ending a checkpoint's deals did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndedDeals {
@@ -70,11 +79,28 @@ impl Chain {
     /// their `DealProposed` logs, which index the client.
     pub async fn proposed_ids(&self, root: Option<B256>) -> Result<Vec<u64>, ChainError> {
         let from = self.genesis_block().await?;
-        let filter = Filter::new()
+        let found = self.proposals_between(from, None).await?;
+        Ok(found
+            .into_iter()
+            .filter(|p| root.is_none_or(|w| p.checkpoint == w))
+            .map(|p| p.id)
+            .collect())
+    }
+
+    /// The deals this account proposed in blocks `from..=to` (to the latest without `to`).
+    pub async fn proposals_between(
+        &self,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<Vec<Proposal>, ChainError> {
+        let mut filter = Filter::new()
             .address(*self.contract.address())
             .event_signature(CairnStorage::DealProposed::SIGNATURE_HASH)
             .topic2(self.me.into_word())
             .from_block(from);
+        if let Some(to) = to {
+            filter = filter.to_block(to);
+        }
         let logs = self
             .provider
             .get_logs(&filter)
@@ -88,9 +114,11 @@ impl Chain {
                     reason: format!("undecodable DealProposed log: {e}"),
                 }
             })?;
-            if root.is_none_or(|w| ev.data.checkpoint == w) {
-                out.push(ev.data.id.saturating_to());
-            }
+            out.push(Proposal {
+                id: ev.data.id.saturating_to(),
+                checkpoint: ev.data.checkpoint,
+                block: log.block_number.unwrap_or(from),
+            });
         }
         Ok(out)
     }

@@ -1,20 +1,28 @@
 //! Money that moves by itself: the node settles the finished epochs of its deals (payment per
-//! proven epoch, credited by the contract) and withdraws what it is owed, on a schedule
-//! (`chain.settle_every_epochs`, `chain.withdraw_min_gwei`). The decisions ([`to_settle`],
+//! proven epoch, credited by the contract), cancels the proposals it made as a gateway that
+//! no node accepted in time (their escrow comes back), and withdraws what it is owed, on a
+//! schedule (`chain.settle_every_epochs`, `chain.cancel_proposals_after_epochs`,
+//! `chain.withdraw_min_gwei`). The decisions ([`to_settle`], [`to_cancel`],
 //! [`should_withdraw`]) are pure; the task around them reads the chain and sends.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use alloy::primitives::U256;
 use tracing::{info, warn};
 
-use super::{Chain, ChainError, DEAL_ACTIVE, DealInfo, Params, ProofChain};
+use super::{Chain, ChainError, DEAL_ACTIVE, DEAL_PROPOSED, DealInfo, Params, ProofChain};
 use crate::metrics::ProofMetrics;
 
 /// Epochs one `settle` call pays at most (each costs a storage read on chain).
 pub const MAX_SETTLE_EPOCHS: u64 = 256;
 /// Settlements sent per round at most; the rest wait for the next round.
 pub const MAX_SETTLES_PER_ROUND: usize = 8;
+/// Cancellations sent per round at most; the rest wait for the next round.
+pub const MAX_CANCELS_PER_ROUND: usize = 8;
+/// Open proposals of this account followed at most (the oldest are forgotten beyond it: they
+/// stay cancellable by hand).
+pub const MAX_OPEN_PROPOSALS: usize = 100_000;
 /// A payout round every this many chain polls.
 pub const PAYOUT_POLLS: u32 = 20;
 /// Wei per gwei.
@@ -50,6 +58,18 @@ pub fn to_settle(deals: &[DealInfo], first_unfinished: u64, every: u64) -> Vec<u
         .collect()
 }
 
+/// The proposals to look at for cancellation: proposed in an epoch at least `after` epochs
+/// before `epoch` (`after == 0`: never cancel). `open` maps a proposal to its epoch.
+pub fn to_cancel(open: &BTreeMap<u64, u64>, epoch: u64, after: u64) -> Vec<u64> {
+    if after == 0 {
+        return Vec::new();
+    }
+    open.iter()
+        .filter(|(_, proposed)| proposed.saturating_add(after) <= epoch)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 /// Whether to withdraw `owed` wei now (`min_gwei == 0`: never).
 pub fn should_withdraw(owed: U256, min_gwei: u64) -> bool {
     min_gwei > 0 && owed >= U256::from(min_gwei) * U256::from(GWEI)
@@ -60,16 +80,90 @@ pub struct Payout {
     pub chain: Chain,
     pub params: Params,
     pub settle_every: u64,
+    pub cancel_after: u64,
     pub withdraw_min_gwei: u64,
     pub every: Duration,
     pub metrics: ProofMetrics,
-    /// Settlements and withdrawals sent since start.
+    /// Settlements, cancellations and withdrawals sent since start.
     pub settled: u64,
+    pub cancelled: u64,
     pub withdrawn: u64,
+    /// This account's proposals not known to be accepted or cancelled: id -> epoch proposed.
+    pub open: BTreeMap<u64, u64>,
+    /// The next block whose proposals to read (0: from the contract's genesis).
+    pub next_block: u64,
 }
 
 impl Payout {
-    async fn round(&mut self) -> Result<(), ChainError> {
+    /// A payout task for `chain`'s account.
+    pub fn new(chain: Chain, params: Params, every: Duration, metrics: ProofMetrics) -> Self {
+        Self {
+            chain,
+            params,
+            settle_every: crate::config::DEFAULT_SETTLE_EVERY_EPOCHS,
+            cancel_after: crate::config::DEFAULT_CANCEL_PROPOSALS_AFTER_EPOCHS,
+            withdraw_min_gwei: crate::config::DEFAULT_WITHDRAW_MIN_GWEI,
+            every,
+            metrics,
+            settled: 0,
+            cancelled: 0,
+            withdrawn: 0,
+            open: BTreeMap::new(),
+            next_block: 0,
+        }
+    }
+
+    /// Cancel this account's proposals that no node accepted within `cancel_after` epochs.
+    async fn cancel_stale(&mut self, block: u64) -> Result<(), ChainError> {
+        if self.cancel_after == 0 {
+            return Ok(());
+        }
+        let from = if self.next_block == 0 {
+            self.params.genesis_block
+        } else {
+            self.next_block
+        };
+        if from <= block {
+            for p in self.chain.proposals_between(from, Some(block)).await? {
+                self.open.insert(p.id, self.params.epoch_of(p.block));
+            }
+            self.next_block = block + 1;
+        }
+        while self.open.len() > MAX_OPEN_PROPOSALS {
+            self.open.pop_first();
+        }
+        let epoch = self.params.epoch_of(block);
+        let mut sent = 0;
+        for id in to_cancel(&self.open, epoch, self.cancel_after) {
+            if self.chain.deal(id).await?.state != DEAL_PROPOSED {
+                self.open.remove(&id);
+                continue;
+            }
+            if sent == MAX_CANCELS_PER_ROUND {
+                break;
+            }
+            sent += 1;
+            let call = self.chain.contract().cancelDeal(U256::from(id));
+            match self.chain.send("cancelDeal", call).await {
+                Ok(_) => {
+                    self.open.remove(&id);
+                    self.cancelled += 1;
+                    self.metrics.cancellations.inc();
+                    info!(deal = id, "cancelled a proposal no node accepted in time");
+                }
+                // Accepted meanwhile (refused before sending, nothing spent).
+                Err(e) if e.reason().is_some() => {
+                    self.open.remove(&id);
+                    warn!(deal = id, error = %e, "the contract refuses to cancel a proposal");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// One round: settle, cancel, withdraw.
+    pub async fn round(&mut self) -> Result<(), ChainError> {
         let me = self.chain.me();
         let block = self.chain.block_number().await?;
         let mut deals = Vec::new();
@@ -99,6 +193,7 @@ impl Payout {
                 Err(e) => return Err(e),
             }
         }
+        self.cancel_stale(block).await?;
         let owed = self.chain.owed().await?;
         if should_withdraw(owed, self.withdraw_min_gwei) {
             self.chain
@@ -129,8 +224,11 @@ impl crate::worker::Worker for Payout {
 
     fn progress(&self) -> String {
         format!(
-            "{} settlements and {} withdrawals since start",
-            self.settled, self.withdrawn
+            "{} settlements, {} cancelled proposals and {} withdrawals since start; {} proposals open",
+            self.settled,
+            self.cancelled,
+            self.withdrawn,
+            self.open.len()
         )
     }
 }
@@ -158,12 +256,12 @@ mod tests {
     #[test]
     fn deals_are_settled_when_over_or_every_n_finished_epochs() {
         let deals = [
-            deal(1, 10, 5, 0, DEAL_ACTIVE),   // over at 15: settle it
-            deal(2, 10, 5, 5, DEAL_ACTIVE),   // over and settled
-            deal(3, 10, 100, 0, DEAL_ACTIVE), // 10 finished of 100, every 8: due
-            deal(4, 10, 100, 4, DEAL_ACTIVE), // 6 unsettled: not yet
-            deal(5, 0, 100, 0, super::super::DEAL_PROPOSED), // not accepted
-            deal(6, 25, 100, 0, DEAL_ACTIVE), // starts later
+            deal(1, 10, 5, 0, DEAL_ACTIVE),    // over at 15: settle it
+            deal(2, 10, 5, 5, DEAL_ACTIVE),    // over and settled
+            deal(3, 10, 100, 0, DEAL_ACTIVE),  // 10 finished of 100, every 8: due
+            deal(4, 10, 100, 4, DEAL_ACTIVE),  // 6 unsettled: not yet
+            deal(5, 0, 100, 0, DEAL_PROPOSED), // not accepted
+            deal(6, 25, 100, 0, DEAL_ACTIVE),  // starts later
         ];
         assert_eq!(to_settle(&deals, 20, 8), vec![1, 3]);
         assert_eq!(to_settle(&deals, 22, 8), vec![1, 3, 4]);
@@ -188,6 +286,14 @@ mod tests {
         assert_eq!(first_unfinished(&p, 120), 2);
         assert_eq!(first_unfinished(&p, 123), 2);
         assert_eq!(first_unfinished(&p, 124), 3);
+    }
+
+    #[test]
+    fn proposals_are_cancelled_once_old_enough() {
+        let open = BTreeMap::from([(1, 10), (2, 14), (3, 16)]);
+        assert_eq!(to_cancel(&open, 16, 2), vec![1, 2]);
+        assert_eq!(to_cancel(&open, 18, 2), vec![1, 2, 3]);
+        assert!(to_cancel(&open, 100, 0).is_empty(), "0 never cancels");
     }
 
     #[test]

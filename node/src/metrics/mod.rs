@@ -209,6 +209,8 @@ pub struct ProofMetrics {
     pub settlements: Counter,
     /// Gwei this node withdrew from what the contract owed it.
     pub withdrawn_gwei: Counter,
+    /// Proposals this node made that no node accepted in time, cancelled.
+    pub cancellations: Counter,
     /// This node's chain account balance, in gwei (pays for proof transactions).
     pub balance_gwei: Gauge,
 }
@@ -497,6 +499,11 @@ impl Metrics {
                 "chain_settlements",
                 "Settlements of this node's deals it sent",
                 &proofs.settlements,
+            ),
+            (
+                "chain_cancelled_proposals",
+                "Proposals this node made that no node accepted in time, cancelled",
+                &proofs.cancellations,
             ),
             (
                 "chain_withdrawn_gwei",

@@ -53,16 +53,23 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
             let done = match self.chain.deal(id).await {
                 Ok(info) if info.node != me || info.state == DEAL_CANCELLED => Ok(()),
                 Ok(info) if info.state == DEAL_PROPOSED => {
-                    if deferred > 0
-                        || proposals == MAX_PROPOSALS_PER_ROUND
-                        || self.proof_due_soon().await?
-                    {
-                        deferred += 1;
-                        self.retry.push(id);
-                        continue;
+                    let wait = if deferred > 0 || proposals == MAX_PROPOSALS_PER_ROUND {
+                        Ok(true)
+                    } else {
+                        self.proof_due_soon().await
+                    };
+                    match wait {
+                        Ok(true) => {
+                            deferred += 1;
+                            self.retry.push(id);
+                            continue;
+                        }
+                        Ok(false) => {
+                            proposals += 1;
+                            self.take_up(info, epoch).await
+                        }
+                        Err(e) => Err(e),
                     }
-                    proposals += 1;
-                    self.take_up(info, epoch).await
                 }
                 Ok(info) => self.take_up(info, epoch).await,
                 Err(e) => Err(e),

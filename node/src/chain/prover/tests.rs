@@ -266,6 +266,37 @@ fn partly_held(store: &Store<MemBackend>) -> (Cid, Manifest, Vec<(ShardMeta, Vec
     (root, manifest, later)
 }
 
+/// A node holding part of a checkpoint and a chain with one proposal for that part.
+struct One {
+    store: Store<MemBackend>,
+    root: Cid,
+    manifest: Manifest,
+    /// The shards of the checkpoint the node does not hold.
+    later: Vec<(ShardMeta, Vec<u8>)>,
+    c: cairn_proofs::Commitment,
+    chain: TestChain,
+    id: u64,
+}
+
+fn one_proposal() -> One {
+    let store = Store::open(MemBackend::new(), 1 << 30).expect("store");
+    let (root, manifest, later) = partly_held(&store);
+    let c = held_data(&store, &root, &manifest)
+        .expect("held")
+        .commitment();
+    let chain = TestChain::new();
+    let id = chain.propose(&root, c);
+    One {
+        store,
+        root,
+        manifest,
+        later,
+        c,
+        chain,
+        id,
+    }
+}
+
 async fn prover(chain: &TestChain, store: &Store<MemBackend>) -> Prover<TestChain, MemBackend> {
     Prover::new(
         chain.clone(),
@@ -287,13 +318,13 @@ async fn run_to(p: &mut Prover<TestChain, MemBackend>, chain: &TestChain, epoch:
 
 #[tokio::test]
 async fn a_flood_of_proposals_waits_behind_the_proofs_and_is_hashed_once() {
-    let store = Store::open(MemBackend::new(), 1 << 30).expect("store");
-    let (root, manifest, _) = partly_held(&store);
-    let c = held_data(&store, &root, &manifest)
-        .expect("held")
-        .commitment();
-    let chain = TestChain::new();
-    chain.propose(&root, c);
+    let One {
+        store,
+        root,
+        c,
+        chain,
+        ..
+    } = one_proposal();
     let mut p = prover(&chain, &store).await;
     run_to(&mut p, &chain, 3).await;
     // Right after epoch e is proven, 50 proposals name this node: 40 for data it holds,
@@ -342,13 +373,15 @@ async fn a_flood_of_proposals_waits_behind_the_proofs_and_is_hashed_once() {
 
 #[tokio::test]
 async fn an_accepted_deal_is_proven_as_agreed_after_more_shards_and_a_restart() {
-    let store = Store::open(MemBackend::new(), 1 << 30).expect("store");
-    let (root, manifest, later) = partly_held(&store);
-    let c = held_data(&store, &root, &manifest)
-        .expect("held")
-        .commitment();
-    let chain = TestChain::new();
-    let id = chain.propose(&root, c);
+    let One {
+        store,
+        root,
+        manifest,
+        later,
+        c,
+        chain,
+        id,
+    } = one_proposal();
     let mut p = prover(&chain, &store).await;
     run_to(&mut p, &chain, 4).await;
     assert_eq!(chain.state().accepted, [id]);
@@ -385,13 +418,9 @@ async fn an_accepted_deal_is_proven_as_agreed_after_more_shards_and_a_restart() 
 
 #[tokio::test]
 async fn a_deal_record_goes_when_the_deal_ends() {
-    let store = Store::open(MemBackend::new(), 1 << 30).expect("store");
-    let (root, manifest, _) = partly_held(&store);
-    let c = held_data(&store, &root, &manifest)
-        .expect("held")
-        .commitment();
-    let chain = TestChain::new();
-    let id = chain.propose(&root, c);
+    let One {
+        store, chain, id, ..
+    } = one_proposal();
     chain.state().deals[0].epochs = 2;
     let mut p = prover(&chain, &store).await;
     run_to(&mut p, &chain, 2).await;
