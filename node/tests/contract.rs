@@ -185,6 +185,19 @@ async fn deal(
     c: Commitment,
     epochs: u32,
 ) -> u64 {
+    deal_priced(env, client, node, root, c, epochs, 1_000_000).await
+}
+
+/// [`deal`] at `price` wei per epoch.
+async fn deal_priced(
+    env: &Env,
+    client: usize,
+    node: usize,
+    root: B256,
+    c: Commitment,
+    epochs: u32,
+    price: u64,
+) -> u64 {
     let cl = env.as_(client);
     let k = cl.contract();
     if k.records(root).call().await.expect("record").publisher == Address::ZERO {
@@ -192,7 +205,6 @@ async fn deal(
             .await
             .expect("publish");
     }
-    let price = alloy::primitives::Uint::<88, 2>::from(1_000_000u64);
     let r = send(
         &cl,
         k.proposeDeal(
@@ -201,9 +213,9 @@ async fn deal(
             FixedBytes(c.root),
             c.leaf_count,
             epochs,
-            price,
+            alloy::primitives::Uint::<88, 2>::from(price),
         )
-        .value(U256::from(1_000_000u64) * U256::from(epochs)),
+        .value(U256::from(price) * U256::from(epochs)),
     )
     .await
     .expect("propose");
@@ -1405,38 +1417,10 @@ async fn a_gateway_cancels_proposals_nobody_accepted_and_withdraws_the_escrow() 
     let env = Env::new().await;
     register(&env, 1).await;
     let tree = tree_of(&data(1, 1));
-    let c = tree.commitment();
-    let gateway = env.as_(5);
-    let k = gateway.contract();
-    send(&gateway, k.publish(word(9), B256::ZERO, word(0xee)))
-        .await
-        .expect("publish");
     // 3 epochs at 1 gwei: more than the withdrawal minimum set below.
     let gwei = 1_000_000_000u64;
-    let r = send(
-        &gateway,
-        k.proposeDeal(
-            env.addr(1),
-            word(9),
-            FixedBytes(c.root),
-            c.leaf_count,
-            3,
-            alloy::primitives::Uint::<88, 2>::from(gwei),
-        )
-        .value(U256::from(3 * gwei)),
-    )
-    .await
-    .expect("propose");
-    let id: u64 = r
-        .inner
-        .logs()
-        .iter()
-        .find_map(|l| l.log_decode::<CairnStorage::DealProposed>().ok())
-        .expect("event")
-        .inner
-        .data
-        .id
-        .to();
+    let id = deal_priced(&env, 5, 1, word(9), tree.commitment(), 3, gwei).await;
+    let gateway = env.as_(5);
     let params = gateway.params().await.expect("params");
     let mut payout = cairn_node::chain::payout::Payout::new(
         gateway.clone(),
