@@ -672,10 +672,11 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
             reverted.entry(r.from).or_default().push(selector);
         }
     }
-    let report_selector = <CairnStorage::reportMissedCall as alloy::sol_types::SolCall>::SELECTOR;
+    // No transaction of any node reverted: reports, proofs, acceptances, settlements,
+    // withdrawals (each is pre-flighted and sent only when it would go through).
     assert!(
-        !reverted.values().flatten().any(|s| *s == report_selector),
-        "reports mined and reverted between blocks {stop_block} and {until}: {reverted:?}"
+        reverted.is_empty(),
+        "transactions mined and reverted between blocks {stop_block} and {until}: {reverted:?}"
     );
     for i in (0..NODES).filter(|&i| i != stopped) {
         let counted = metric(&net.url(i), "cairn_chain_reverted_transactions_total").await;
@@ -688,8 +689,7 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
     }
 
     // Money moves by itself: nobody here calls `settle` or `withdraw`, yet the nodes settled
-    // their deals' proven epochs and withdrew what they were owed, and none of those
-    // transactions reverted.
+    // their deals' proven epochs and withdrew what they were owed (none reverted: above).
     let settled = logs::<CairnStorage::DealSettled>(&chain, first_block).await;
     assert!(
         settled.iter().any(|(_, s)| s.paidEpochs > 0),
@@ -700,15 +700,6 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         withdrawn.iter().any(|(_, w)| storing.contains(&w.account)),
         "no storing node withdrew: {withdrawn:?}"
     );
-    for selector in [
-        <CairnStorage::settleCall as alloy::sol_types::SolCall>::SELECTOR,
-        <CairnStorage::withdrawCall as alloy::sol_types::SolCall>::SELECTOR,
-    ] {
-        assert!(
-            !reverted.values().flatten().any(|s| *s == selector),
-            "a payout transaction reverted: {reverted:?}"
-        );
-    }
     assert!(metric(&net.url(flooded), "cairn_chain_settlements_total").await >= 1.0);
 
     // `cairn wallet` shows it: the node's deals (settled in part by now), its stake and
