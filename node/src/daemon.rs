@@ -124,8 +124,7 @@ impl Node {
                 &chain_key,
             )?
             .count_reverted_in(metrics.proofs.reverted.clone());
-            let stake = alloy::primitives::U256::from(config.chain.stake_gwei)
-                * alloy::primitives::U256::from(1_000_000_000u64);
+            let stake = crate::chain::gwei_to_wei(config.chain.stake_gwei);
             let peer = crate::chain::peer_word(&key.public().to_peer_id());
             if config.chain.stake_gwei > 0 && c.ensure_registered(stake, peer).await? {
                 tracing::info!(account = %crate::chain::ProofChain::me(&c), %peer, stake_gwei = config.chain.stake_gwei, "registered on chain");
@@ -229,8 +228,7 @@ impl Node {
                 Some(crate::chain::publish::Publisher {
                     chain: c,
                     deal_epochs: config.chain.deal_epochs,
-                    deal_price: alloy::primitives::U256::from(config.chain.deal_price_gwei)
-                        * alloy::primitives::U256::from(1_000_000_000u64),
+                    deal_price: crate::chain::gwei_to_wei(config.chain.deal_price_gwei),
                 })
             }
             None => None,

@@ -150,51 +150,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Command::Wallet => {
-            use cairn_node::chain::wallet::eth;
-            let w = client.wallet().await?;
-            let registered = if w.registered {
-                "registered"
-            } else {
-                "not registered"
-            };
-            println!("account   {} ({registered}), epoch {}", w.account, w.epoch);
-            println!("balance   {}", eth(&w.balance_wei));
-            println!(
-                "stake     {} bonded, {} unbonding (from epoch {})",
-                eth(&w.stake_wei),
-                eth(&w.unbonding_wei),
-                w.unbonding_epoch
-            );
-            println!("credits   {} owed by the contract", eth(&w.owed_wei));
-            let running = w.node_deals.iter().filter(|d| d.running).count();
-            let unsettled: u64 = w
-                .node_deals
-                .iter()
-                .map(|d| d.epochs.saturating_sub(d.settled))
-                .sum();
-            println!(
-                "as node   {} deals accepted, {running} running, {unsettled} epochs not settled yet",
-                w.node_deals.len()
-            );
-            for d in &w.node_deals {
-                let state = if d.running { "running" } else { "ended" };
-                println!(
-                    "  deal {}  {}  epochs {}..{}  settled {}  escrow left {}  {state}",
-                    d.id,
-                    d.checkpoint,
-                    d.start,
-                    d.start + d.epochs,
-                    d.settled,
-                    eth(&d.escrow_wei)
-                );
-            }
-            println!(
-                "as client {} deals open, {} in escrow",
-                w.client_deals_open,
-                eth(&w.client_escrow_wei)
-            );
-        }
+        Command::Wallet => print!("{}", client.wallet().await?.render()),
         Command::Log { cid } => {
             let records = client.lineage(&cid).await?;
             for (i, r) in records.iter().enumerate() {
@@ -233,9 +189,7 @@ async fn main() -> Result<()> {
                 )
             })?;
             let (provider, _) = cairn_node::chain::provider(&rpc_url, &key)?;
-            let gwei = |g: u64| {
-                alloy::primitives::U256::from(g) * alloy::primitives::U256::from(1_000_000_000u64)
-            };
+            let gwei = cairn_node::chain::gwei_to_wei;
             let address = cairn_node::chain::Chain::deploy(
                 &provider,
                 cairn_node::chain::DeployArgs {

@@ -535,10 +535,9 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         if !within(&l) {
             continue;
         }
-        let d = c.deals(e.id).call().await.expect("deal");
-        let price = U256::from(d.pricePerEpoch.to::<u128>());
-        *settled_credit.entry(d.node).or_default() += U256::from(e.paidEpochs) * price;
-        *settled_credit.entry(d.client).or_default() += U256::from(e.refundedEpochs) * price;
+        let d = chain.deal(e.id.to()).await.expect("deal");
+        *settled_credit.entry(d.node).or_default() += U256::from(e.paidEpochs) * d.price;
+        *settled_credit.entry(d.client).or_default() += U256::from(e.refundedEpochs) * d.price;
     }
     let mut withdrawn_by: BTreeMap<Address, U256> = BTreeMap::new();
     for (l, e) in logs::<CairnStorage::Withdrawn>(&chain, stop_block).await {

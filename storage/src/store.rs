@@ -930,6 +930,13 @@ impl<B: Backend> Drop for PutSession<B> {
     }
 }
 
+/// A store over RocksDB in `dir` (tests of the store's records over the real backend).
+#[cfg(test)]
+pub(crate) fn rocks_store(dir: &std::path::Path) -> Store<crate::RocksBackend> {
+    let b = crate::RocksBackend::open(dir, &crate::RocksOptions::default()).expect("rocks");
+    Store::open(b, 1 << 30).expect("open")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,20 +11,24 @@ pub struct LineageEntry {
     pub block: u64,
 }
 
+/// The node's chain client, or 503 when it runs without a chain.
+fn chain_of<B: Backend>(s: &AppState<B>) -> Result<&crate::chain::publish::Publisher, ApiError> {
+    s.publisher.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_chain",
+            "this node is not connected to a chain (chain.rpc_url is empty)",
+        )
+    })
+}
+
 /// The checkpoint's provenance from chain: itself, its parent, ... back to its base.
 pub(super) async fn lineage<B: Backend>(
     State(s): State<AppState<B>>,
     Path(cid): Path<String>,
 ) -> Result<Json<Vec<LineageEntry>>, ApiError> {
     let root = root_of(&cid)?;
-    let Some(p) = &s.publisher else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_chain",
-            "this node is not connected to a chain (chain.rpc_url is empty)",
-        ));
-    };
-    let records = p
+    let records = chain_of(&s)?
         .lineage(&root)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string()))?;
@@ -53,14 +57,7 @@ pub(super) async fn lineage<B: Backend>(
 pub(super) async fn wallet<B: Backend>(
     State(s): State<AppState<B>>,
 ) -> Result<Json<crate::chain::wallet::Wallet>, ApiError> {
-    let Some(p) = &s.publisher else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_chain",
-            "this node is not connected to a chain (chain.rpc_url is empty)",
-        ));
-    };
-    crate::chain::wallet::wallet(&p.chain)
+    crate::chain::wallet::wallet(&chain_of(&s)?.chain)
         .await
         .map(Json)
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string()))

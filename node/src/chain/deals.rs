@@ -43,6 +43,8 @@ pub enum DealDataError {
     Backend(#[from] cairn_storage::BackendError),
     #[error("the record of the deal lists {pieces} chunks of shards but {roots} chunk roots")]
     BadRecord { pieces: u64, roots: u64 },
+    #[error("shard {0} of the deal is gone")]
+    ShardGone(Cid),
 }
 
 const _: () = assert!(CHUNK_ROOT_LEN == cairn_proofs::tree::NODE_SIZE);
@@ -63,28 +65,7 @@ pub fn held_data<B: Backend>(
     root: &Cid,
     manifest: &Manifest,
 ) -> Result<HeldData, DealDataError> {
-    let mut pieces = Vec::new();
-    let mut roots: Vec<Node> = Vec::new();
-    for cid in ordered_shards(manifest) {
-        if !store.has_shard(&cid)? {
-            continue;
-        }
-        let len = store.shard_len(&cid)?;
-        let mut at = 0;
-        while at < len {
-            let end = (at + 16 * CHUNK_SIZE as u64).min(len);
-            let bytes = store.read_shard_range(&cid, at, end)?;
-            roots.extend(shard_chunk_roots(&bytes));
-            at = end;
-        }
-        pieces.push(Piece {
-            cid,
-            len,
-            first_chunk: roots.len() as u64 - chunks_for(len),
-        });
-    }
-    let tree = UpperTree::new(roots).ok_or(DealDataError::NothingHeld(*root))?;
-    Ok(HeldData { pieces, tree })
+    data_of(store, root, &held_shards(store, manifest)?)
 }
 
 /// The shards of `manifest` this node holds now, in deal order, with their lengths (index
@@ -100,6 +81,33 @@ pub fn held_shards<B: Backend>(
         }
     }
     Ok(out)
+}
+
+/// Read `shards` (from [`held_shards`]; every read verified) and build the tree over them.
+pub fn data_of<B: Backend>(
+    store: &Store<B>,
+    root: &Cid,
+    shards: &[(Cid, u64)],
+) -> Result<HeldData, DealDataError> {
+    let mut pieces = Vec::with_capacity(shards.len());
+    let mut roots: Vec<Node> = Vec::new();
+    for &(cid, len) in shards {
+        let first_chunk = roots.len() as u64;
+        let mut at = 0;
+        while at < len {
+            let end = (at + 16 * CHUNK_SIZE as u64).min(len);
+            let bytes = store.read_shard_range(&cid, at, end)?;
+            roots.extend(shard_chunk_roots(&bytes));
+            at = end;
+        }
+        pieces.push(Piece {
+            cid,
+            len,
+            first_chunk,
+        });
+    }
+    let tree = UpperTree::new(roots).ok_or(DealDataError::NothingHeld(*root))?;
+    Ok(HeldData { pieces, tree })
 }
 
 impl HeldData {

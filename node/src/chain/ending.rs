@@ -10,10 +10,10 @@ use alloy::sol_types::SolEvent;
 use cairn_erasure::Cid;
 
 use super::bindings::CairnStorage;
-use super::{Chain, ChainError, DealInfo, ProofChain, from_contract, root_word, rpc};
-
-const PROPOSED: u8 = super::DEAL_PROPOSED;
-const ACTIVE: u8 = super::DEAL_ACTIVE;
+use super::{
+    Chain, ChainError, DEAL_ACTIVE, DEAL_PROPOSED, DealInfo, ProofChain, from_contract, root_word,
+    rpc,
+};
 
 /// A deal this node accepted that still runs on a checkpoint (now or in a later epoch).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +34,11 @@ pub async fn running_deals_on<C: ProofChain>(
     let mut out = Vec::new();
     for id in chain.deals_of(chain.me()).await? {
         let d = chain.deal(id).await?;
-        if d.checkpoint == word && d.state == ACTIVE && d.epochs > 0 && d.start + d.epochs > epoch {
+        if d.checkpoint == word
+            && d.state == DEAL_ACTIVE
+            && d.epochs > 0
+            && d.start + d.epochs > epoch
+        {
             out.push(RunningDeal {
                 id,
                 ends: d.start + d.epochs,
@@ -141,7 +145,7 @@ impl Chain {
         for d in self.client_deals(root).await? {
             let id = U256::from(d.id);
             let mut state = d.state;
-            if state == PROPOSED {
+            if state == DEAL_PROPOSED {
                 match self.send("cancelDeal", self.contract.cancelDeal(id)).await {
                     Ok(_) => {
                         out.cancelled.push(d.id);
@@ -156,7 +160,7 @@ impl Chain {
             }
             let d = self.deal(d.id).await?;
             // Running, or accepted and starting next epoch: cut what has not run.
-            if state == ACTIVE && d.epochs > 0 && d.start + d.epochs > epoch.max(d.start) {
+            if state == DEAL_ACTIVE && d.epochs > 0 && d.start + d.epochs > epoch.max(d.start) {
                 match self
                     .send("terminateDeal", self.contract.terminateDeal(id))
                     .await

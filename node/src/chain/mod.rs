@@ -162,6 +162,21 @@ pub struct DealInfo {
     pub state: u8,
     /// Epochs of the deal paid for so far (`settle`).
     pub settled: u64,
+    /// Wei per epoch.
+    pub price: U256,
+}
+
+/// Wei per gwei.
+const WEI_PER_GWEI: u64 = 1_000_000_000;
+
+/// `gwei` in wei.
+pub fn gwei_to_wei(gwei: u64) -> U256 {
+    U256::from(gwei) * U256::from(WEI_PER_GWEI)
+}
+
+/// `wei` in whole gwei (saturating).
+pub fn wei_to_gwei(wei: U256) -> u64 {
+    u64::try_from(wei / U256::from(WEI_PER_GWEI)).unwrap_or(u64::MAX)
 }
 
 /// A deal's state on chain: proposed by a client, not yet accepted.
@@ -172,6 +187,16 @@ pub const DEAL_ACTIVE: u8 = 2;
 pub const DEAL_CANCELLED: u8 = 3;
 
 impl DealInfo {
+    /// Accepted and over by `epoch`: never challenged again.
+    pub fn is_over(&self, epoch: u64) -> bool {
+        self.state == DEAL_ACTIVE && self.start + self.epochs <= epoch
+    }
+
+    /// Escrow of the epochs not settled yet.
+    pub fn unsettled_escrow(&self) -> U256 {
+        U256::from(self.epochs.saturating_sub(self.settled)) * self.price
+    }
+
     pub fn runs_in(&self, epoch: u64) -> bool {
         self.state == DEAL_ACTIVE
             && self.start != 0
@@ -645,6 +670,7 @@ impl ProofChain for Chain {
             checkpoint: d.checkpoint,
             state: d.state,
             settled: d.settled,
+            price: U256::from(d.pricePerEpoch.to::<u128>()),
         })
     }
 

@@ -5,7 +5,7 @@
 //! `chain.withdraw_min_gwei`). The decisions ([`to_settle`], [`to_cancel`],
 //! [`should_withdraw`]) are pure; the task around them reads the chain and sends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use alloy::primitives::U256;
@@ -25,8 +25,6 @@ pub const MAX_CANCELS_PER_ROUND: usize = 8;
 pub const MAX_OPEN_PROPOSALS: usize = 100_000;
 /// A payout round every this many chain polls.
 pub const PAYOUT_POLLS: u32 = 20;
-/// Wei per gwei.
-const GWEI: u64 = 1_000_000_000;
 
 /// The first epoch whose proof window has not closed at `block` (the contract's rule: the
 /// epochs before it are finished and can be settled).
@@ -72,7 +70,7 @@ pub fn to_cancel(open: &BTreeMap<u64, u64>, epoch: u64, after: u64) -> Vec<u64> 
 
 /// Whether to withdraw `owed` wei now (`min_gwei == 0`: never).
 pub fn should_withdraw(owed: U256, min_gwei: u64) -> bool {
-    min_gwei > 0 && owed >= U256::from(min_gwei) * U256::from(GWEI)
+    min_gwei > 0 && owed >= super::gwei_to_wei(min_gwei)
 }
 
 /// The task that settles and withdraws, one round a step.
@@ -90,8 +88,10 @@ pub struct Payout {
     pub withdrawn: u64,
     /// This account's proposals not known to be accepted or cancelled: id -> epoch proposed.
     pub open: BTreeMap<u64, u64>,
-    /// The next block whose proposals to read (0: from the contract's genesis).
+    /// The next block whose proposals to read.
     pub next_block: u64,
+    /// This node's deals settled to their last epoch: nothing more to pay, not read again.
+    pub paid_out: BTreeSet<u64>,
 }
 
 impl Payout {
@@ -109,7 +109,8 @@ impl Payout {
             cancelled: 0,
             withdrawn: 0,
             open: BTreeMap::new(),
-            next_block: 0,
+            next_block: params.genesis_block,
+            paid_out: BTreeSet::new(),
         }
     }
 
@@ -118,13 +119,12 @@ impl Payout {
         if self.cancel_after == 0 {
             return Ok(());
         }
-        let from = if self.next_block == 0 {
-            self.params.genesis_block
-        } else {
-            self.next_block
-        };
-        if from <= block {
-            for p in self.chain.proposals_between(from, Some(block)).await? {
+        if self.next_block <= block {
+            for p in self
+                .chain
+                .proposals_between(self.next_block, Some(block))
+                .await?
+            {
                 self.open.insert(p.id, self.params.epoch_of(p.block));
             }
             self.next_block = block + 1;
@@ -168,7 +168,15 @@ impl Payout {
         let block = self.chain.block_number().await?;
         let mut deals = Vec::new();
         for id in self.chain.deals_of(me).await? {
-            deals.push(self.chain.deal(id).await?);
+            if self.paid_out.contains(&id) {
+                continue;
+            }
+            let d = self.chain.deal(id).await?;
+            if d.settled == d.epochs {
+                self.paid_out.insert(id);
+            } else {
+                deals.push(d);
+            }
         }
         let due = to_settle(
             &deals,
@@ -200,10 +208,7 @@ impl Payout {
                 .send("withdraw", self.chain.contract().withdraw())
                 .await?;
             self.withdrawn += 1;
-            let gwei = owed / U256::from(GWEI);
-            self.metrics
-                .withdrawn_gwei
-                .inc_by(u64::try_from(gwei).unwrap_or(u64::MAX));
+            self.metrics.withdrawn_gwei.inc_by(super::wei_to_gwei(owed));
             info!(wei = %owed, "withdrew what the contract owed this node");
         }
         Ok(())
@@ -250,6 +255,7 @@ mod tests {
             checkpoint: B256::ZERO,
             state,
             settled,
+            price: U256::from(1),
         }
     }
 
@@ -298,7 +304,7 @@ mod tests {
 
     #[test]
     fn withdrawals_wait_for_the_minimum() {
-        let gwei = U256::from(GWEI);
+        let gwei = super::super::gwei_to_wei(1);
         assert!(!should_withdraw(U256::from(999) * gwei, 1000));
         assert!(should_withdraw(U256::from(1000) * gwei, 1000));
         assert!(!should_withdraw(U256::MAX, 0), "0 never withdraws");

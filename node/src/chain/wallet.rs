@@ -57,15 +57,14 @@ pub async fn wallet(chain: &Chain) -> Result<Wallet, ChainError> {
     let mut node_deals = Vec::new();
     for id in chain.deals_of(me).await? {
         let d = chain.deal(id).await?;
-        let price = price_of(chain, id).await?;
         node_deals.push(NodeDeal {
             id,
             checkpoint: word_root(&d.checkpoint).to_string(),
             start: d.start,
             epochs: d.epochs,
             settled: d.settled,
-            running: d.state == DEAL_ACTIVE && d.start + d.epochs > epoch,
-            escrow_wei: (U256::from(d.epochs.saturating_sub(d.settled)) * price).to_string(),
+            running: d.state == DEAL_ACTIVE && !d.is_over(epoch),
+            escrow_wei: d.unsettled_escrow().to_string(),
         });
     }
     let (mut open, mut escrow) = (0, U256::ZERO);
@@ -73,7 +72,7 @@ pub async fn wallet(chain: &Chain) -> Result<Wallet, ChainError> {
         let d = chain.deal(id).await?;
         if d.state == DEAL_PROPOSED || d.state == DEAL_ACTIVE && d.settled < d.epochs {
             open += 1;
-            escrow += U256::from(d.epochs.saturating_sub(d.settled)) * price_of(chain, id).await?;
+            escrow += d.unsettled_escrow();
         }
     }
     Ok(Wallet {
@@ -91,14 +90,67 @@ pub async fn wallet(chain: &Chain) -> Result<Wallet, ChainError> {
     })
 }
 
-async fn price_of(chain: &Chain, id: u64) -> Result<U256, ChainError> {
-    let d = chain
-        .contract()
-        .deals(U256::from(id))
-        .call()
-        .await
-        .map_err(|e| super::from_contract("deals", e))?;
-    Ok(U256::from(d.pricePerEpoch.to::<u128>()))
+impl Wallet {
+    /// For people: what `cairn wallet` prints.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let registered = if self.registered {
+            "registered"
+        } else {
+            "not registered"
+        };
+        let running = self.node_deals.iter().filter(|d| d.running).count();
+        let unsettled: u64 = self
+            .node_deals
+            .iter()
+            .map(|d| d.epochs.saturating_sub(d.settled))
+            .sum();
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "account   {} ({registered}), epoch {}",
+            self.account, self.epoch
+        );
+        let _ = writeln!(out, "balance   {}", eth(&self.balance_wei));
+        let _ = writeln!(
+            out,
+            "stake     {} bonded, {} unbonding (from epoch {})",
+            eth(&self.stake_wei),
+            eth(&self.unbonding_wei),
+            self.unbonding_epoch
+        );
+        let _ = writeln!(
+            out,
+            "credits   {} owed by the contract",
+            eth(&self.owed_wei)
+        );
+        let _ = writeln!(
+            out,
+            "as node   {} deals accepted, {running} running, {unsettled} epochs not settled yet",
+            self.node_deals.len()
+        );
+        for d in &self.node_deals {
+            let state = if d.running { "running" } else { "ended" };
+            let _ = writeln!(
+                out,
+                "  deal {}  {}  epochs {}..{}  settled {}  escrow left {}  {state}",
+                d.id,
+                d.checkpoint,
+                d.start,
+                d.start + d.epochs,
+                d.settled,
+                eth(&d.escrow_wei)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "as client {} deals open, {} in escrow",
+            self.client_deals_open,
+            eth(&self.client_escrow_wei)
+        );
+        out
+    }
 }
 
 /// `wei` (a decimal string) in ETH with 6 decimals, for people.

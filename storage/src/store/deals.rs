@@ -130,7 +130,7 @@ impl<B: Backend> Store<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MemBackend, RocksBackend, RocksOptions};
+    use crate::MemBackend;
 
     fn deal() -> AcceptedDeal {
         AcceptedDeal {
@@ -158,13 +158,7 @@ mod tests {
     #[test]
     fn accepted_deals_over_rocksdb_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let open = || {
-            Store::open(
-                RocksBackend::open(dir.path(), &RocksOptions::default()).expect("rocks"),
-                1 << 20,
-            )
-            .expect("open")
-        };
+        let open = || crate::store::rocks_store(dir.path());
         round_trip(&open());
         assert_eq!(open().accepted_deal(7).expect("read"), Some(deal()));
     }

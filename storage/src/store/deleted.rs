@@ -139,8 +139,8 @@ impl<B: Backend> Store<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemBackend;
     use crate::error::CommitError;
-    use crate::{MemBackend, RocksBackend, RocksOptions};
     use cairn_erasure::{Coder, FileEntry, Layout, Manifest, encode_stripe};
 
     fn deleted_roots_stay_deleted<B: Backend>(store: Store<B>) {
@@ -201,8 +201,7 @@ mod tests {
     #[test]
     fn deleted_roots_stay_deleted_in_rocksdb() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let b = RocksBackend::open(dir.path(), &RocksOptions::default()).expect("rocks");
-        deleted_roots_stay_deleted(Store::open(b, 1 << 30).expect("open"));
+        deleted_roots_stay_deleted(crate::store::rocks_store(dir.path()));
     }
 
     #[test]

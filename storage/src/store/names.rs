@@ -205,7 +205,7 @@ impl<B: Backend> Store<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MemBackend, RocksBackend, RocksOptions};
+    use crate::MemBackend;
 
     fn cid(n: u8) -> Cid {
         cairn_erasure::manifest_cid(&[n; 8])
@@ -263,13 +263,7 @@ mod tests {
     #[test]
     fn names_over_rocksdb_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let open = || {
-            Store::open(
-                RocksBackend::open(dir.path(), &RocksOptions::default()).expect("rocks"),
-                1 << 20,
-            )
-            .expect("open")
-        };
+        let open = || crate::store::rocks_store(dir.path());
         names_round_trip(open());
         let store = open();
         assert_eq!(store.name_history("org/model").expect("history").len(), 3);

@@ -147,7 +147,7 @@ impl<B: Backend> Store<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MemBackend, RocksBackend, RocksOptions};
+    use crate::MemBackend;
     use cairn_erasure::{Coder, FileEntry, Layout, encode_stripe};
 
     fn walk_finds_every_shard<B: Backend>(store: Store<B>) {
@@ -227,7 +227,6 @@ mod tests {
     #[test]
     fn walk_over_rocksdb() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let b = RocksBackend::open(dir.path(), &RocksOptions::default()).expect("rocks");
-        walk_finds_every_shard(Store::open(b, 1 << 30).expect("open"));
+        walk_finds_every_shard(crate::store::rocks_store(dir.path()));
     }
 }

@@ -206,7 +206,7 @@ impl<B: Backend> Store<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MemBackend, RocksBackend, RocksOptions};
+    use crate::MemBackend;
     use cairn_erasure::{Coder, Layout, encode_stripe};
 
     /// Stage a stripe's shards from a session that then ends uncommitted, reopen the store
@@ -274,10 +274,7 @@ mod tests {
     #[test]
     fn staged_shards_outlive_their_session_in_rocksdb() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let open = || {
-            let b = RocksBackend::open(dir.path(), &RocksOptions::default()).expect("rocks");
-            Store::open(b, 1 << 30).expect("open")
-        };
+        let open = || crate::store::rocks_store(dir.path());
         staged_shards_outlive_their_session(open(), &|old| {
             drop(old);
             open()

@@ -10,7 +10,7 @@ use cairn_erasure::Cid;
 use cairn_storage::Backend;
 use tracing::{debug, error, info, warn};
 
-use super::super::deals::{DealDataError, HeldData, held_data, held_shards};
+use super::super::deals::{DealDataError, HeldData, data_of, held_shards};
 use super::super::{
     ChainError, DEAL_ACTIVE, DEAL_CANCELLED, DEAL_PROPOSED, DealInfo, ProofChain, word_root,
 };
@@ -111,18 +111,23 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
     async fn take_up(&mut self, info: DealInfo, epoch: u64) -> Result<(), ChainError> {
         let id = info.id;
         let root = word_root(&info.checkpoint);
-        if info.state == DEAL_ACTIVE && info.start + info.epochs <= epoch {
+        if info.is_over(epoch) {
             // Ended: never challenged again.
             self.forget_record(id).await;
             self.held.insert(id, HeldDeal { info, data: None });
             return Ok(());
         }
+        // Whether the data comes from the deal's record (which then needs no writing).
+        let mut recorded = false;
         let data = if info.state == DEAL_ACTIVE {
             match self.recorded(id, root).await? {
-                Some(Ok(d)) => Ok(d),
-                Some(Err(why)) => {
+                Some(Ok(d)) => {
+                    recorded = true;
+                    Ok(d)
+                }
+                Some(Err(e)) => {
                     // The commitment check below decides on what is held now.
-                    warn!(deal = id, %root, why, "an accepted deal's record cannot be used; reading its shards");
+                    warn!(deal = id, %root, error = %e, "an accepted deal's record cannot be used; reading its shards");
                     self.held_now(root).await?
                 }
                 None => self.held_now(root).await?,
@@ -153,7 +158,7 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         // What is agreed is kept before it is agreed to: a restart between the two finds
         // the record (and, for a deal never accepted, the record is dropped below or when
         // the deal is next looked at).
-        if let Err(e) = self.keep_record(id, &data).await {
+        if !recorded && let Err(e) = self.keep_record(id, &data).await {
             warn!(deal = id, error = %e, "cannot record a deal's data; trying again");
             self.retry.push(id);
             return Ok(());
@@ -193,26 +198,22 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         &self,
         id: u64,
         root: Cid,
-    ) -> Result<Option<Result<Arc<HeldData>, String>>, ChainError> {
+    ) -> Result<Option<Result<Arc<HeldData>, DealDataError>>, ChainError> {
         let store = self.store.clone();
         blocking("deal record reader", move || {
             let record = match store.accepted_deal(id) {
-                Ok(Some(r)) => r,
-                Ok(None) => return None,
-                Err(e) => return Some(Err(e.to_string())),
+                Ok(r) => r?,
+                Err(e) => return Some(Err(e.into())),
             };
-            for (cid, _) in &record.pieces {
-                match store.has_shard(cid) {
-                    Ok(true) => {}
-                    Ok(false) => return Some(Err(format!("shard {cid} of the deal is gone"))),
-                    Err(e) => return Some(Err(e.to_string())),
+            let check = || {
+                for (cid, _) in &record.pieces {
+                    if !store.has_shard(cid)? {
+                        return Err(DealDataError::ShardGone(*cid));
+                    }
                 }
-            }
-            Some(
-                HeldData::from_record(&root, record)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string()),
-            )
+                Ok(())
+            };
+            Some(check().and_then(|()| HeldData::from_record(&root, record).map(Arc::new)))
         })
         .await
     }
@@ -224,24 +225,27 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         root: Cid,
     ) -> Result<Result<Arc<HeldData>, DealDataError>, ChainError> {
         let store = self.store.clone();
-        let shards = blocking("deal shard lister", move || {
+        let listed = blocking("deal shard lister", move || {
             let (manifest, _) = store.manifest_entry(&root)?;
-            Ok::<_, DealDataError>((held_shards(&store, &manifest)?, manifest))
+            held_shards(&store, &manifest)
         })
         .await?;
-        let (shards, manifest) = match shards {
+        let shards = match listed {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
         if let Some(d) = self.trees.get(&root)
-            && d.shards() == shards
+            && d.pieces
+                .iter()
+                .map(|p| (p.cid, p.len))
+                .eq(shards.iter().copied())
         {
             return Ok(Ok(d.clone()));
         }
         let store = self.store.clone();
         self.passes += 1;
         let data = blocking("deal reader", move || {
-            held_data(&store, &root, &manifest).map(Arc::new)
+            data_of(&store, &root, &shards).map(Arc::new)
         })
         .await?;
         if let Ok(d) = &data {

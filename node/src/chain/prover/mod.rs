@@ -116,7 +116,7 @@ pub struct Prover<C, B: Backend> {
     /// Deals to look at again next round (an RPC failed, accepting them did, or they wait
     /// behind a proof).
     retry: Vec<u64>,
-    /// The deal data last computed per checkpoint (see [`MAX_CACHED_TREES`]).
+    /// The deal data last computed per checkpoint (a few, see `intake.rs`).
     trees: HashMap<Cid, Arc<HeldData>>,
     /// Passes over a checkpoint's shards to compute deal data, since the start.
     passes: u64,
@@ -168,8 +168,7 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         let running = self.held.values().filter(|d| d.info.runs_in(epoch)).count();
         self.metrics.deals.set(running as i64);
         if self.done_epoch.is_none_or(|d| d < epoch) && block > self.params.epoch_start(epoch) {
-            let wei = self.chain.balance().await?;
-            let gwei = wei / alloy::primitives::U256::from(1_000_000_000u64);
+            let gwei = super::wei_to_gwei(self.chain.balance().await?);
             self.metrics
                 .balance_gwei
                 .set(i64::try_from(gwei).unwrap_or(i64::MAX));
@@ -185,7 +184,7 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         let ended: Vec<u64> = self
             .held
             .values()
-            .filter(|d| d.data.is_some() && d.info.start + d.info.epochs <= epoch)
+            .filter(|d| d.data.is_some() && d.info.is_over(epoch))
             .map(|d| d.info.id)
             .collect();
         for id in ended {

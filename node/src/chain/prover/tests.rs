@@ -33,6 +33,7 @@ fn held() -> (Store<MemBackend>, HashMap<u64, HeldDeal>) {
         checkpoint: root_word(&root),
         state: DEAL_ACTIVE,
         settled: 0,
+        price: U256::from(1),
     };
     let deal = HeldDeal {
         info,
@@ -130,6 +131,7 @@ impl TestChain {
             checkpoint: root_word(root),
             state: DEAL_PROPOSED,
             settled: 0,
+            price: U256::from(1),
         });
         id
     }
