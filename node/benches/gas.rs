@@ -10,8 +10,13 @@ use cairn_node::chain::{CairnStorage, Chain, DeployArgs, ProofChain, provider};
 use cairn_proofs::tree::{CHUNK_LEAVES, CHUNK_SIZE, chunk_root};
 use cairn_proofs::{Proof, UpperTree, encode_blob, prove};
 
-const SAMPLES: u8 = 8;
-const EPOCH: u64 = 12;
+/// The deployment default, which meets the detection target.
+const SAMPLES: u8 = cairn_node::chain::DEFAULT_SAMPLES;
+/// Epochs a day at the default epoch length (12-second blocks).
+const EPOCHS_PER_DAY: f64 = 86_400.0 / (12.0 * cairn_node::chain::DEFAULT_EPOCH_BLOCKS as f64);
+/// Long enough for a case's acceptances to land in one epoch (a node's draw changes only
+/// while no proof of it is open).
+const EPOCH: u64 = 240;
 const EPOCHS_MEASURED: u64 = 3;
 const GIB: u64 = 1 << 30;
 
@@ -69,7 +74,7 @@ async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {
         DeployArgs {
             min_stake: eth,
             epoch_blocks: EPOCH,
-            proof_window: EPOCH - 1,
+            proof_window: 120,
             unbonding_epochs: 1,
             slash_amount: eth / U256::from(10u64),
             reward_bps: 5000,
@@ -98,6 +103,7 @@ async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {
         let d = data(bytes);
         let c = d.tree.commitment();
         let price = alloy::primitives::Uint::<88, 2>::from(1000u64);
+        let mut ids = Vec::with_capacity(deals);
         for _ in 0..deals {
             let r = client
                 .send(
@@ -120,11 +126,19 @@ async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {
                 .inner
                 .data
                 .id;
+            ids.push(id);
+        }
+        let params = node.params().await.expect("params");
+        mine_to(
+            &node,
+            params.epoch_start(params.epoch_of(node.block_number().await.expect("block")) + 1),
+        )
+        .await;
+        for id in ids {
             node.send("acceptDeal", nk.acceptDeal(id))
                 .await
                 .expect("accept");
         }
-        let params = node.params().await.expect("params");
         let (mut gas, mut samples, mut calldata) = (0u64, 0usize, 0usize);
         // One epoch before measuring: the first proof of a node creates its proven-epochs
         // bitmap word (17k gas more, once per 256 epochs).
@@ -132,15 +146,7 @@ async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {
         let first = warm + 1;
         for epoch in warm..first + EPOCHS_MEASURED {
             // Into the epoch's window: its first block's hash is the seed.
-            let now = node.block_number().await.expect("block");
-            let target = params.epoch_start(epoch) + 1;
-            if target > now {
-                use alloy::providers::ext::AnvilApi;
-                node.provider()
-                    .anvil_mine(Some(target - now), None)
-                    .await
-                    .expect("mine");
-            }
+            mine_to(&node, params.epoch_start(epoch) + 1).await;
             let mut proofs: Vec<Proof> = Vec::new();
             for j in 0..SAMPLES {
                 let ch = nk
@@ -176,6 +182,18 @@ async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {
         });
     }
     rows
+}
+
+/// Mine until block `target` is the latest.
+async fn mine_to(node: &Chain, target: u64) {
+    use alloy::providers::ext::AnvilApi;
+    let now = node.block_number().await.expect("block");
+    if target > now {
+        node.provider()
+            .anvil_mine(Some(target - now), None)
+            .await
+            .expect("mine");
+    }
 }
 
 /// Send one proof transaction and print where its gas went, by opcode (CAIRN_GAS_TRACE=1);
@@ -220,15 +238,22 @@ async fn trace(
 fn print(title: &str, rows: &[Row]) {
     println!("\n{title}");
     println!(
-        "{:>6} {:>14} {:>16} {:>9} {:>16} {:>18}",
-        "deals", "bytes/deal", "gas/node-epoch", "samples", "gas/sample", "blob bytes/sample"
+        "{:>6} {:>14} {:>16} {:>14} {:>9} {:>16} {:>18}",
+        "deals",
+        "bytes/deal",
+        "gas/node-epoch",
+        "gas/node-day",
+        "samples",
+        "gas/sample",
+        "blob bytes/sample"
     );
     for r in rows {
         println!(
-            "{:>6} {:>14} {:>16.0} {:>9.1} {:>16.0} {:>18.0}",
+            "{:>6} {:>14} {:>16.0} {:>14.0} {:>9.1} {:>16.0} {:>18.0}",
             r.deals,
             human(r.bytes_per_deal),
             r.gas_per_epoch,
+            r.gas_per_epoch * EPOCHS_PER_DAY,
             r.samples,
             r.gas_per_epoch / r.samples.max(1.0),
             r.calldata
@@ -249,8 +274,8 @@ async fn main() {
     let by_deals = [(1, GIB), (10, GIB), (100, GIB)];
     let by_size = [(10, 64 << 20), (10, GIB), (10, 64 * GIB)];
     println!(
-        "Proof gas on anvil: {SAMPLES} samples per node-epoch, 128-byte leaves, 16-byte nodes, \
-         mean of {EPOCHS_MEASURED} epochs after a first one"
+        "Proof gas on anvil: {SAMPLES} samples per node-epoch ({EPOCHS_PER_DAY} epochs a day), \
+         128-byte leaves, 16-byte nodes, mean of {EPOCHS_MEASURED} epochs after a first one"
     );
     for (name, fork) in [
         ("anvil default rules (EIP-7623 calldata floor)", None),

@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long, default_value_t = 1_000_000_000)]
         min_stake_gwei: u64,
         /// Blocks per epoch.
-        #[arg(long, default_value_t = 240)]
+        #[arg(long, default_value_t = cairn_node::chain::DEFAULT_EPOCH_BLOCKS)]
         epoch_blocks: u64,
         /// Blocks after an epoch's first block in which its proofs are accepted (< epoch).
         #[arg(long, default_value_t = 120)]
@@ -90,8 +90,9 @@ pub enum Command {
         /// Share of a slash paid to the reporter, in basis points.
         #[arg(long, default_value_t = 5000)]
         reward_bps: u16,
-        /// Leaves challenged per node and epoch.
-        #[arg(long, default_value_t = 8)]
+        /// Leaves challenged per node and epoch (the default meets the detection target of
+        /// proofs/PROOFS.md with the default epoch).
+        #[arg(long, default_value_t = cairn_node::chain::DEFAULT_SAMPLES)]
         samples: u8,
     },
     /// Download a checkpoint (verifying every file), one file, or a byte range of one file.

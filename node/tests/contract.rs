@@ -130,7 +130,7 @@ impl Env {
             let price = U256::from(d.pricePerEpoch.to::<u128>());
             let escrow = match d.state {
                 1 => price * U256::from(d.epochs),
-                2 => price * U256::from(u64::from(d.epochs) - d.settled),
+                2 => price * U256::from(u64::from(d.epochs) - u64::from(d.settled)),
                 _ => U256::ZERO,
             };
             sum += escrow;
@@ -242,6 +242,17 @@ async fn register(env: &Env, i: usize) {
     send(&c, c.contract().register(peer(i)).value(eth(2)))
         .await
         .expect("register");
+}
+
+/// Sample `j` of `node` in the current `epoch`, from the contract's view.
+async fn challenge(c: &Chain, node: Address, epoch: u64, j: u8) -> Result<(u64, u64), ChainError> {
+    let ch = c
+        .contract()
+        .challenge(node, epoch, U256::from(j))
+        .call()
+        .await
+        .map_err(|e| cairn_node::chain::from_contract("challenge", e))?;
+    Ok((ch.dealId.to::<u64>(), ch.leaf))
 }
 
 /// Build the blob for `node`'s challenges in `epoch`, from the deal data each deal id has.
@@ -830,8 +841,10 @@ async fn deals_need_a_published_checkpoint_payment_and_the_nodes_consent() {
     env.mine(2 * EPOCH).await;
     let now = k.currentEpoch().call().await.expect("epoch");
     assert_eq!(
-        k.sampledDeals(env.addr(1), now).call().await.expect("n"),
-        U256::ZERO
+        challenge(&cl, env.addr(1), now, 0)
+            .await
+            .expect("challenge"),
+        (0, 0)
     );
     refused(
         send(&cl, k.reportMissed(env.addr(1), now - 1, U256::from(id))).await,
@@ -903,13 +916,47 @@ async fn a_terminated_deal_refunds_the_epochs_it_no_longer_runs() {
     let now = n.deal(id).await.expect("deal");
     assert_eq!(now.epochs, 2);
     assert!(!now.runs_in(start + 2));
-    // Nothing from the current epoch on is challenged or can be reported missed.
-    let ch = k
-        .challenge(env.addr(1), start + 2, U256::ZERO)
-        .call()
-        .await
-        .expect("challenge");
-    assert_eq!(ch.dealId, U256::ZERO);
+    // Nothing from the current epoch on is challenged or can be reported missed: it is
+    // drawn to the end of this epoch (samples on it are void), then never.
+    for j in 0..SAMPLES {
+        assert_eq!(
+            challenge(&cl, env.addr(1), start + 2, j)
+                .await
+                .expect("challenge"),
+            (0, 0)
+        );
+    }
+    env.mine_to(params.epoch_start(start + 3) + 2).await;
+    // Still in the node's draw tree, it is drawn again and again and never chosen: a tree
+    // of nothing but ended deals proves nothing.
+    refused(
+        challenge(&cl, env.addr(1), start + 3, 0).await,
+        "DrawExhausted",
+    );
+    // Pruned once the node's draw for the epoch is closed (here: its window is over), by
+    // anyone; the tree is then empty.
+    let weight = async || k.nodes(env.addr(1)).call().await.expect("node").drawWeight;
+    assert_eq!(weight().await, u128::from(c.leaf_count));
+    refused(
+        send(&cl, k.prune(env.addr(1), vec![U256::from(1u64)])).await,
+        "DrawOpen",
+    );
+    env.mine_to(params.epoch_start(start + 3) + WINDOW + 2)
+        .await;
+    send(
+        &cl,
+        k.prune(env.addr(1), vec![U256::from(1u64), U256::from(9u64)]),
+    )
+    .await
+    .expect("prune");
+    assert_eq!(weight().await, 0);
+    assert_eq!(n.deal(id).await.expect("deal").draw_slot, 0);
+    assert_eq!(
+        challenge(&cl, env.addr(1), start + 3, 0)
+            .await
+            .expect("challenge"),
+        (0, 0)
+    );
     env.mine_to(params.epoch_start(start + 3) + WINDOW + 1)
         .await;
     refused(
@@ -956,21 +1003,19 @@ async fn proofs_pay_per_proven_epoch_and_missed_epochs_are_slashed_once() {
     env.mine_to(params.epoch_start(start) + 2).await;
     let seed = n.epoch_seed(start).await.expect("seed");
     let ids = n.deals_of(env.addr(1)).await.expect("deals");
+    assert_eq!(ids, vec![a, b]);
+    let mut slots = Vec::new();
+    for id in &ids {
+        slots.push(n.deal(*id).await.expect("deal").draw_slot(start));
+    }
     for j in 0..SAMPLES {
-        let ch = k
-            .challenge(env.addr(1), start, U256::from(j))
-            .call()
+        let (id, leaf) = challenge(&n, env.addr(1), start, j)
             .await
             .expect("challenge");
-        let r = cairn_proofs::challenge::sample_value(&seed, &env.addr(1).0.0, start, j);
-        let id = ids[cairn_proofs::challenge::slot(&r, ids.len() as u64) as usize];
-        assert_eq!(ch.dealId.to::<u64>(), id);
-        let lc = if id == a {
-            tree_a.commitment().leaf_count
-        } else {
-            tree_b.commitment().leaf_count
-        };
-        assert_eq!(ch.leaf, cairn_proofs::challenge::leaf(&r, lc));
+        let d = cairn_proofs::challenge::draw(&seed, &env.addr(1).0.0, start, j, &slots)
+            .expect("not exhausted")
+            .expect("drawn");
+        assert_eq!((id, leaf), (ids[d.index], d.leaf));
     }
 
     // Epoch `start`: proofs outside the window, short, wrong, then right, then again.
@@ -1282,7 +1327,8 @@ async fn accounting_holds_after_random_operations() {
                         .map(|(id, t)| (*id, &trees[*t].1, trees[*t].0.as_slice()))
                         .collect();
                     let ours = c.deals_of(*a).await.expect("deals");
-                    if ours.is_empty() {
+                    // Nothing to prove, or a draw of nothing but ended deals (none pruned).
+                    if ours.is_empty() || challenge(&c, *a, e, 0).await.is_err() {
                         continue;
                     }
                     let (b, _) = blob(&env, i, e, &mine).await;
@@ -1310,6 +1356,8 @@ fn every_custom_error_is_tested() {
         "BadProof",
         "DealNotActive",
         "DealNotProposed",
+        "DrawExhausted",
+        "DrawOpen",
         "EpochNotOver",
         "EpochWasProven",
         "HasActiveDeals",
@@ -1472,4 +1520,179 @@ async fn a_gateway_cancels_proposals_nobody_accepted_and_withdraws_the_escrow() 
     let block = gateway.block_number().await.expect("block");
     payout.round().await.expect("round");
     assert_eq!(gateway.block_number().await.expect("block"), block);
+}
+
+/// Samples follow the bytes: a node holding one client deal of 1 GiB and 1,000 one-leaf deals
+/// of its own is sampled on the client deal at its share of the leaves (not 1 in 1,001), a big
+/// deal of its own takes its share while it runs and none once it has ended, the draw does
+/// not change while an epoch's proof is open, and every sample the contract draws is the one
+/// the Rust mirror draws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_follow_the_bytes_and_ended_deals_leave_the_draw() {
+    const OWN: usize = 1000;
+    const BATCH: usize = 200;
+    let epoch_blocks = 20;
+    let window = 10;
+    let env = Env::with(DeployArgs {
+        min_stake: eth(1),
+        epoch_blocks,
+        proof_window: window,
+        unbonding_epochs: UNBONDING,
+        slash_amount: slash(),
+        reward_bps: 2500,
+        samples: SAMPLES,
+    })
+    .await
+    .expect("deploy");
+    register(&env, 1).await;
+    let n = env.as_(1);
+    let k = n.contract();
+    let client = deal(
+        &env,
+        5,
+        1,
+        word(1),
+        Commitment {
+            root: [1; 16],
+            leaf_count: 1 << 23,
+        },
+        100,
+    )
+    .await;
+    let big = deal(
+        &env,
+        1,
+        1,
+        word(2),
+        Commitment {
+            root: [2; 16],
+            leaf_count: 1 << 30,
+        },
+        3,
+    )
+    .await;
+    let price = alloy::primitives::Uint::<88, 2>::from(1u64);
+    for _ in 0..OWN / BATCH {
+        send(
+            &n,
+            k.publishWithDeals(
+                word(2),
+                B256::ZERO,
+                word(0xee),
+                vec![env.addr(1); BATCH],
+                vec![FixedBytes([3; 16]); BATCH],
+                vec![1; BATCH],
+                100,
+                price,
+            )
+            .value(U256::from(BATCH * 100)),
+        )
+        .await
+        .expect("own deals");
+    }
+    let late = deal(
+        &env,
+        5,
+        1,
+        word(1),
+        Commitment {
+            root: [4; 16],
+            leaf_count: 1,
+        },
+        10,
+    )
+    .await;
+    let count = k.dealCount().call().await.expect("count").to::<u64>();
+    assert_eq!(count, 3 + OWN as u64);
+    // Every acceptance in one block (so in one epoch), then checked: each was mined and none
+    // reverted.
+    let p = n.provider();
+    p.anvil_set_auto_mine(false).await.expect("automine off");
+    p.anvil_set_block_gas_limit(2_000_000_000)
+        .await
+        .expect("gas limit");
+    let first = p.get_transaction_count(env.addr(1)).await.expect("nonce");
+    let mut sent = Vec::new();
+    for (i, id) in (1..=count).filter(|id| *id != late).enumerate() {
+        let tx = k
+            .acceptDeal(U256::from(id))
+            .nonce(first + i as u64)
+            .gas(1_000_000)
+            .send()
+            .await
+            .expect("accept sent");
+        sent.push(tx.tx_hash().to_owned());
+    }
+    p.evm_mine(None).await.expect("mine");
+    p.anvil_set_auto_mine(true).await.expect("automine on");
+    for tx in sent {
+        let r = n
+            .provider()
+            .get_transaction_receipt(tx)
+            .await
+            .expect("receipt")
+            .expect("mined");
+        assert!(r.status(), "an acceptance reverted");
+    }
+    let params = n.params().await.expect("params");
+    let mut infos = Vec::new();
+    for id in n.deals_of(env.addr(1)).await.expect("deals") {
+        infos.push(n.deal(id).await.expect("deal"));
+    }
+    let start = infos[0].start;
+    assert!(
+        infos.iter().all(|d| d.start == start),
+        "every deal starts in the same epoch"
+    );
+    // While the epoch's proof is open the node's draw cannot change.
+    env.mine_to(params.epoch_start(start) + 2).await;
+    refused(send(&n, k.acceptDeal(U256::from(late))).await, "DrawOpen");
+    let (mut client_hits, mut big_hits, mut samples) = ([0u32; 2], [0u32; 2], [0u32; 2]);
+    for epoch in start..start + 24 {
+        env.mine_to(params.epoch_start(epoch) + 2).await;
+        let seed = n.epoch_seed(epoch).await.expect("seed");
+        let slots: Vec<_> = infos.iter().map(|d| d.draw_slot(epoch)).collect();
+        assert_eq!(
+            k.nodes(env.addr(1)).call().await.expect("node").drawWeight,
+            slots.iter().map(|s| u128::from(s.weight)).sum::<u128>()
+        );
+        let running = usize::from(epoch < start + 3);
+        for j in 0..SAMPLES {
+            let (id, leaf) = challenge(&n, env.addr(1), epoch, j)
+                .await
+                .expect("challenge");
+            let d = cairn_proofs::challenge::draw(&seed, &env.addr(1).0.0, epoch, j, &slots)
+                .expect("not exhausted")
+                .expect("drawn");
+            assert_eq!(
+                (id, leaf),
+                (infos[d.index].id, d.leaf),
+                "epoch {epoch} sample {j}"
+            );
+            assert!(infos[d.index].runs_in(epoch), "an ended deal was drawn");
+            samples[running] += 1;
+            client_hits[running] += u32::from(id == client);
+            big_hits[running] += u32::from(id == big);
+        }
+        if epoch == start + 2 {
+            // The big deal's last epoch: once its window is over it is pruned.
+            env.mine_to(params.epoch_start(epoch) + window + 2).await;
+            send(
+                &n,
+                k.prune(env.addr(1), vec![U256::from(infos[1].draw_slot)]),
+            )
+            .await
+            .expect("prune");
+            infos[1] = n.deal(big).await.expect("deal");
+            assert_eq!(infos[1].draw_slot, 0);
+        }
+    }
+    // While the big deal runs it holds 99.2% of the leaves; once it has ended it is never
+    // drawn and the client deal holds 99.99% (a draw over deals would give each 1 in 1,002).
+    assert!(big_hits[1] >= samples[1] - 1, "{big_hits:?} of {samples:?}");
+    assert_eq!(big_hits[0], 0);
+    assert!(
+        client_hits[0] >= samples[0] - 2,
+        "{client_hits:?} of {samples:?}"
+    );
 }

@@ -33,7 +33,8 @@ contract CairnStorage {
     uint256 public immutable slashAmount;
     /// Share of a slash credited to the reporter, in basis points; the rest to the client.
     uint16 public immutable rewardBps;
-    /// Challenged samples per node and epoch (independent of deals and bytes stored).
+    /// Challenged samples per node and epoch (independent of deals and bytes stored), each
+    /// drawn over the node's running deals weighted by their leaf counts.
     uint8 public immutable samplesPerEpoch;
     uint64 public immutable genesisBlock;
 
@@ -44,7 +45,8 @@ contract CairnStorage {
         uint64 unbondingEpoch; // first epoch in which `unbonding` may be withdrawn
         uint64 lastEnd; // first epoch after every accepted deal
         uint64 appendEpoch; // epoch of the last deal accepted
-        uint32 lenBefore; // deal count before the first deal accepted in appendEpoch
+        uint64 endBefore; // lastEnd before the first deal accepted in appendEpoch
+        uint128 drawWeight; // leaves of the deals in the node's draw tree
         bool registered;
     }
 
@@ -55,7 +57,9 @@ contract CairnStorage {
         uint40 start; // first epoch proven; 0 until accepted
         uint32 epochs;
         address node;
-        uint64 settled; // epochs settled so far
+        uint32 settled; // epochs settled so far
+        uint32 drawEpochs; // epochs from `start` the deal is drawn from
+        uint32 drawSlot; // its 1-based position in its node's draw tree; 0 once pruned
         address client;
         uint8 state;
         uint88 pricePerEpoch;
@@ -75,6 +79,9 @@ contract CairnStorage {
 
     mapping(address => Node) public nodes;
     mapping(address => uint256[]) internal nodeDeals;
+    /// Per node, a Fenwick tree over its deal list (1-based) of the leaf counts of the deals
+    /// not pruned yet. A deal enters when accepted and leaves when pruned after its end.
+    mapping(address => mapping(uint256 => uint256)) internal drawTree;
     mapping(uint256 => Deal) public deals;
     uint256 public dealCount;
     mapping(bytes32 => Record) public records;
@@ -146,6 +153,8 @@ contract CairnStorage {
     error AlreadyProven();
     error MalformedProof();
     error BadProof(uint256 sample);
+    error DrawOpen();
+    error DrawExhausted(uint256 sample);
     error EpochNotOver();
     error EpochWasProven();
     error AlreadySlashed();
@@ -375,7 +384,9 @@ contract CairnStorage {
         if (records[checkpoint].publisher == address(0)) revert UnknownCheckpoint();
         if (leafCount == 0 || leafCount > MAX_LEAVES || epochs == 0 || pricePerEpoch == 0) revert InvalidDeal();
         id = ++dealCount;
-        deals[id] = Deal(commitment, uint48(leafCount), 0, epochs, node, 0, msg.sender, PROPOSED, pricePerEpoch, checkpoint);
+        deals[id] = Deal(
+            commitment, uint48(leafCount), 0, epochs, node, 0, 0, 0, msg.sender, PROPOSED, pricePerEpoch, checkpoint
+        );
         totalEscrow += uint256(epochs) * pricePerEpoch;
         emit DealProposed(id, msg.sender, node, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
     }
@@ -406,6 +417,9 @@ contract CairnStorage {
         if (keep >= d.epochs) revert DealNotActive();
         uint256 refund = uint256(d.epochs - keep) * d.pricePerEpoch;
         d.epochs = uint32(keep);
+        // Drawn to the end of the current epoch (samples falling on it are void), so the draw
+        // of an epoch never changes once it has started; never drawn if it had not started.
+        d.drawEpochs = now_ >= d.start ? uint32(now_ + 1 - d.start) : 0;
         totalEscrow -= refund;
         _credit(d.client, refund);
         emit DealTerminated(id, keep, refund);
@@ -421,12 +435,27 @@ contract CairnStorage {
         if (!n.registered) revert NotRegistered();
         if (n.stake < minStake) revert StakeTooLow(n.stake, minStake);
         uint64 now_ = currentEpoch();
-        // Challenges of the current epoch sample the deals held when it started.
+        // The draw of the current epoch must not change while its proof is open: a node
+        // seeing the seed could otherwise shape its draw away from data it lost.
+        if (!_drawClosed(msg.sender, now_)) revert DrawOpen();
         if (n.appendEpoch != now_) {
             n.appendEpoch = now_;
-            n.lenBefore = uint32(nodeDeals[msg.sender].length);
+            n.endBefore = n.lastEnd;
         }
-        nodeDeals[msg.sender].push(id);
+        uint256[] storage list = nodeDeals[msg.sender];
+        list.push(id);
+        uint256 slot = list.length;
+        // Append to the Fenwick tree: the new position covers its range below it, plus itself.
+        mapping(uint256 => uint256) storage tree = drawTree[msg.sender];
+        uint256 sum = d.leafCount;
+        uint256 low = slot & (~slot + 1);
+        for (uint256 k = slot - 1; k > slot - low; k -= k & (~k + 1)) {
+            sum += tree[k];
+        }
+        tree[slot] = sum;
+        n.drawWeight += uint128(d.leafCount);
+        d.drawSlot = uint32(slot);
+        d.drawEpochs = d.epochs;
         d.state = ACTIVE;
         d.start = uint40(now_ + 1);
         uint64 end = uint64(d.start) + d.epochs;
@@ -453,7 +482,7 @@ contract CairnStorage {
             if (isProven(d.node, uint64(d.start) + i)) paid++;
         }
         uint64 count = upto - from;
-        d.settled = upto;
+        d.settled = uint32(upto);
         totalEscrow -= uint256(count) * d.pricePerEpoch;
         if (paid > 0) _credit(d.node, uint256(paid) * d.pricePerEpoch);
         if (count > paid) _credit(d.client, uint256(count - paid) * d.pricePerEpoch);
@@ -475,35 +504,110 @@ contract CairnStorage {
     }
 
     // ---------------------------------------------------------------- challenges and proofs
-    /// Number of deals the challenges of `epoch` sample from for `node` (the deals it had
-    /// accepted before the epoch started). Exact for the current and later epochs.
-    function sampledDeals(address node, uint64 epoch) public view returns (uint256) {
+    // ---------------------------------------------------------------- the draw
+    /// Attempts per sample: a sample falling on a deal out of the draw (ended, or accepted
+    /// and not started) is drawn again, up to this many times.
+    uint256 internal constant DRAW_ATTEMPTS = 32;
+
+    /// Whether `node`'s draw tree may change now: in the epoch's first block (whose hash, the
+    /// seed, nobody sending to it knows), once its current epoch is proven or its proof window
+    /// is over, or when nothing it accepted before this epoch still runs.
+    function _drawClosed(address node, uint64 now_) internal view returns (bool) {
+        uint256 start = epochStart(now_);
+        if (block.number == start || block.number > start + proofWindow || isProven(node, now_)) return true;
         Node storage n = nodes[node];
-        if (n.appendEpoch == epoch) return n.lenBefore;
-        return nodeDeals[node].length;
+        return (n.appendEpoch == now_ ? n.endBefore : n.lastEnd) <= now_;
     }
 
-    /// Sample `j` of `node` in `epoch`: the deal it falls on (0 when it falls on a deal not
-    /// running in that epoch: nothing to prove) and the leaf index.
+    /// Take the deals at `slots` (1-based positions in `node`'s deal list) that are drawn in
+    /// no epoch from the next on out of its draw tree; others are skipped. Anyone may call,
+    /// once the node's current draw is closed (see `acceptDeal`).
+    function prune(address node, uint256[] calldata slots) external returns (uint256 pruned) {
+        uint64 now_ = currentEpoch();
+        if (!_drawClosed(node, now_)) revert DrawOpen();
+        uint256[] storage list = nodeDeals[node];
+        mapping(uint256 => uint256) storage tree = drawTree[node];
+        uint256 len = list.length;
+        uint256 removed;
+        for (uint256 c; c < slots.length; ++c) {
+            uint256 slot = slots[c];
+            if (slot == 0 || slot > len) continue;
+            Deal storage d = deals[list[slot - 1]];
+            if (d.drawSlot != slot || uint64(d.start) + d.drawEpochs > now_ + 1) continue;
+            uint256 w = d.leafCount;
+            for (uint256 i = slot; i <= len; i += i & (~i + 1)) {
+                tree[i] -= w;
+            }
+            removed += w;
+            d.drawSlot = 0;
+            ++pruned;
+        }
+        nodes[node].drawWeight -= uint128(removed);
+    }
+
+    /// The position (0-based) in `node`'s deal list that `x` (below the tree's total) falls
+    /// on, and the leaf within that deal.
+    function _drawFind(address node, uint256 x) internal view returns (Deal storage d, uint256 leaf) {
+        uint256[] storage list = nodeDeals[node];
+        mapping(uint256 => uint256) storage tree = drawTree[node];
+        uint256 len = list.length;
+        uint256 pos;
+        for (uint256 step = 1 << (_depth(uint64(len) + 1) - 1); step != 0; step >>= 1) {
+            uint256 next = pos + step;
+            if (next <= len) {
+                uint256 v = tree[next];
+                if (v <= x) {
+                    pos = next;
+                    x -= v;
+                }
+            }
+        }
+        d = deals[list[pos]];
+        leaf = x;
+    }
+
+    /// Sample `j` of `node` in `epoch` over a tree of `total` leaves: the first attempt that
+    /// falls on a deal drawn in `epoch`.
+    function _drawSample(address node, bytes32 seed, uint64 epoch, uint256 j, uint256 total)
+        internal
+        view
+        returns (Deal storage d, uint256 leaf)
+    {
+        for (uint256 a; a < DRAW_ATTEMPTS; ++a) {
+            (d, leaf) = _drawFind(node, _sampleValue(seed, node, epoch, j, a) % total);
+            uint64 start = d.start;
+            if (epoch >= start && epoch < start + d.drawEpochs) return (d, leaf);
+        }
+        revert DrawExhausted(j);
+    }
+
+    /// Sample `j` of `node` in `epoch`: the deal it falls on (0 when it falls on a deal
+    /// terminated in that epoch, or the node has nothing to draw from) and the leaf index.
+    /// Exact for the current epoch (the draw tree changes only once its proof is closed).
     function challenge(address node, uint64 epoch, uint256 j) public view returns (uint256 dealId, uint64 leaf) {
-        uint256 len = sampledDeals(node, epoch);
-        if (len == 0) return (0, 0);
-        uint256 r = _sampleValue(epochSeed(epoch), node, epoch, j);
-        dealId = nodeDeals[node][r % len];
-        Deal storage d = deals[dealId];
-        if (d.start == 0 || epoch < d.start || epoch >= uint64(d.start) + d.epochs) return (0, 0);
-        leaf = uint64((r >> 128) % d.leafCount);
+        uint256 total = nodes[node].drawWeight;
+        if (total == 0) return (0, 0);
+        (Deal storage d, uint256 x) = _drawSample(node, epochSeed(epoch), epoch, j, total);
+        if (epoch >= uint64(d.start) + d.epochs) return (0, 0);
+        dealId = nodeDeals[node][d.drawSlot - 1];
+        leaf = uint64(x);
     }
 
-    /// sha256(seed || node || epoch (8 bytes) || j (1 byte)), in scratch memory.
-    function _sampleValue(bytes32 seed, address node, uint64 epoch, uint256 j) internal view returns (uint256 r) {
+    /// sha256(seed || node || epoch (8 bytes) || j (1 byte) || attempt (1 byte)), in scratch
+    /// memory.
+    function _sampleValue(bytes32 seed, address node, uint64 epoch, uint256 j, uint256 attempt)
+        internal
+        view
+        returns (uint256 r)
+    {
         assembly ("memory-safe") {
             let ptr := mload(0x40)
             mstore(ptr, seed)
             mstore(add(ptr, 32), shl(96, node))
             mstore(add(ptr, 52), shl(192, epoch))
             mstore8(add(ptr, 60), j)
-            if iszero(staticcall(gas(), 2, ptr, 61, ptr, 32)) { revert(0, 0) }
+            mstore8(add(ptr, 61), attempt)
+            if iszero(staticcall(gas(), 2, ptr, 62, ptr, 32)) { revert(0, 0) }
             r := mload(ptr)
         }
     }
@@ -520,29 +624,34 @@ contract CairnStorage {
         emit EpochProven(msg.sender, epoch, used);
     }
 
-    /// `challenge` for every sample, inlined (it is most of a proof's execution gas).
+    /// `challenge` for every sample, inlined.
     function _verifyAll(address node, uint64 epoch, bytes calldata blob) internal view returns (uint256 used) {
-        uint256 len = sampledDeals(node, epoch);
+        uint256 total = nodes[node].drawWeight;
         uint256 offset;
-        if (len != 0) {
-            uint256[] storage list = nodeDeals[node];
+        if (total != 0) {
             bytes32 seed = epochSeed(epoch);
             uint256 samples = samplesPerEpoch;
             for (uint256 j; j < samples; ++j) {
-                uint256 r = _sampleValue(seed, node, epoch, j);
-                Deal storage d = deals[list[r % len]];
-                uint64 start = d.start;
-                if (start == 0 || epoch < start || epoch >= start + d.epochs) continue;
-                uint64 leafCount = d.leafCount;
-                uint256 depth = _depth(leafCount);
-                uint256 end = offset + LEAF_SIZE + depth * 16;
-                if (blob.length < end) revert MalformedProof();
-                if (!_verifyOne(blob[offset:end], (r >> 128) % leafCount, depth, d.commitment)) revert BadProof(j);
-                offset = end;
+                (Deal storage d, uint256 leaf) = _drawSample(node, seed, epoch, j, total);
+                if (epoch >= uint64(d.start) + d.epochs) continue; // terminated in this epoch
+                offset = _checkSample(blob, offset, d, leaf, j);
                 ++used;
             }
         }
         if (offset != blob.length) revert MalformedProof();
+    }
+
+    /// Check the proof of sample `j` (leaf `leaf` of deal `d`) at `offset` of the blob; the
+    /// offset after it.
+    function _checkSample(bytes calldata blob, uint256 offset, Deal storage d, uint256 leaf, uint256 j)
+        internal
+        view
+        returns (uint256 end)
+    {
+        uint256 depth = _depth(d.leafCount);
+        end = offset + LEAF_SIZE + depth * 16;
+        if (blob.length < end) revert MalformedProof();
+        if (!_verifyOne(blob[offset:end], leaf, depth, d.commitment)) revert BadProof(j);
     }
 
     /// Bytes of a leaf.

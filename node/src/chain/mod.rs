@@ -74,7 +74,8 @@ impl ChainError {
     }
 }
 
-fn from_contract(call: &'static str, e: alloy::contract::Error) -> ChainError {
+/// A contract call's error, with the custom error decoded when there is one.
+pub fn from_contract(call: &'static str, e: alloy::contract::Error) -> ChainError {
     if let Some(decoded) = e.as_decoded_interface_error::<ContractError>() {
         return ChainError::Reverted {
             call,
@@ -162,9 +163,23 @@ pub struct DealInfo {
     pub state: u8,
     /// Epochs of the deal paid for so far (`settle`).
     pub settled: u64,
+    /// Epochs from `start` the deal is drawn from: `epochs`, or up to the epoch its client
+    /// terminated it in.
+    pub draw_epochs: u64,
+    /// Its 1-based position in its node's draw tree (and deal list); 0 once pruned.
+    pub draw_slot: u64,
     /// Wei per epoch.
     pub price: U256,
 }
+
+/// Blocks per epoch of a deployment by default: 48 minutes at 12 s a block, 30 epochs a day.
+pub const DEFAULT_EPOCH_BLOCKS: u64 = 240;
+
+/// Samples per node and epoch of a deployment by default. The detection target: a node that
+/// lost 1% of the leaves in its draw is caught (an epoch it cannot prove) within a day with
+/// probability >= 99.9%. That needs 1 - 0.99^n >= 0.999, n >= 688 samples a day; at 30 epochs
+/// a day, 23 per epoch (690: missed with probability 0.99^690 = 0.097%).
+pub const DEFAULT_SAMPLES: u8 = 23;
 
 /// Wei per gwei.
 const WEI_PER_GWEI: u64 = 1_000_000_000;
@@ -195,6 +210,31 @@ impl DealInfo {
     /// Escrow of the epochs not settled yet.
     pub fn unsettled_escrow(&self) -> U256 {
         U256::from(self.epochs.saturating_sub(self.settled)) * self.price
+    }
+
+    /// Drawn from in `epoch` (see `cairn_proofs::challenge`).
+    pub fn in_draw(&self, epoch: u64) -> bool {
+        self.state == DEAL_ACTIVE
+            && self.draw_epochs != 0
+            && epoch >= self.start
+            && epoch < self.start + self.draw_epochs
+    }
+
+    /// Still in its node's draw tree but drawn in no epoch from `epoch` on: to be pruned.
+    pub fn prunable(&self, epoch: u64) -> bool {
+        self.state == DEAL_ACTIVE && self.draw_slot != 0 && self.start + self.draw_epochs <= epoch
+    }
+
+    /// Its weight in its node's draw tree and whether it is drawn in `epoch`.
+    pub fn draw_slot(&self, epoch: u64) -> cairn_proofs::challenge::Slot {
+        cairn_proofs::challenge::Slot {
+            weight: if self.draw_slot != 0 {
+                self.leaf_count
+            } else {
+                0
+            },
+            drawn: self.in_draw(epoch),
+        }
     }
 
     pub fn runs_in(&self, epoch: u64) -> bool {
@@ -241,10 +281,12 @@ pub trait ProofChain {
     async fn deal(&self, id: u64) -> Result<DealInfo, ChainError>;
     async fn deal_count(&self) -> Result<u64, ChainError>;
     async fn deals_of(&self, node: Address) -> Result<Vec<u64>, ChainError>;
-    async fn sampled_deals(&self, node: Address, epoch: u64) -> Result<u64, ChainError>;
     async fn is_proven(&self, node: Address, epoch: u64) -> Result<bool, ChainError>;
     async fn is_slashed(&self, node: Address, epoch: u64) -> Result<bool, ChainError>;
     async fn accept_deal(&self, id: u64) -> Result<u64, ChainError>;
+    /// Take this node's deals at `slots` (1-based) that are drawn no more out of its draw
+    /// tree; returns the gas used.
+    async fn prune(&self, slots: Vec<u64>) -> Result<u64, ChainError>;
     /// Submit an epoch's proofs; returns the gas used.
     async fn submit_proofs(&self, epoch: u64, blob: Vec<u8>) -> Result<u64, ChainError>;
     async fn report_missed(&self, node: Address, epoch: u64, deal: u64) -> Result<u64, ChainError>;
@@ -669,7 +711,9 @@ impl ProofChain for Chain {
             leaf_count: d.leafCount.to::<u64>(),
             checkpoint: d.checkpoint,
             state: d.state,
-            settled: d.settled,
+            settled: u64::from(d.settled),
+            draw_epochs: u64::from(d.drawEpochs),
+            draw_slot: u64::from(d.drawSlot),
             price: U256::from(d.pricePerEpoch.to::<u128>()),
         })
     }
@@ -694,16 +738,6 @@ impl ProofChain for Chain {
         Ok(v.into_iter().map(|x| x.saturating_to()).collect())
     }
 
-    async fn sampled_deals(&self, node: Address, epoch: u64) -> Result<u64, ChainError> {
-        let n = self
-            .contract
-            .sampledDeals(node, epoch)
-            .call()
-            .await
-            .map_err(|e| from_contract("sampledDeals", e))?;
-        Ok(n.saturating_to())
-    }
-
     async fn is_proven(&self, node: Address, epoch: u64) -> Result<bool, ChainError> {
         self.contract
             .isProven(node, epoch)
@@ -723,6 +757,14 @@ impl ProofChain for Chain {
     async fn accept_deal(&self, id: u64) -> Result<u64, ChainError> {
         let r = self
             .send("acceptDeal", self.contract.acceptDeal(U256::from(id)))
+            .await?;
+        Ok(r.gas_used)
+    }
+
+    async fn prune(&self, slots: Vec<u64>) -> Result<u64, ChainError> {
+        let slots = slots.into_iter().map(U256::from).collect();
+        let r = self
+            .send("prune", self.contract.prune(self.me, slots))
             .await?;
         Ok(r.gas_used)
     }

@@ -255,6 +255,8 @@ mod tests {
             checkpoint: B256::ZERO,
             state,
             settled,
+            draw_epochs: epochs,
+            draw_slot: 1,
             price: U256::from(1),
         }
     }

@@ -90,19 +90,17 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         Ok(())
     }
 
-    /// Whether an acceptance started now could delay a proof: one is due (its epoch began
-    /// and it is not sent), or the next becomes due before an acceptance started now is
-    /// mined (see [`ACCEPT_BLOCKS`]).
-    async fn proof_due_soon(&self) -> Result<bool, ChainError> {
+    /// Whether a change of the draw tree (an acceptance, a prune) started now could delay a
+    /// proof or be refused: the current epoch's proof is not done yet, or the change might
+    /// not be mined before the next epoch's second block (the contract takes changes in an
+    /// epoch's first block, then only once its proof is closed; see [`ACCEPT_BLOCKS`]).
+    pub(super) async fn proof_due_soon(&self) -> Result<bool, ChainError> {
         let block = self.chain.block_number().await?;
         let epoch = self.params.epoch_of(block);
-        let next = if self.done_epoch.is_some_and(|d| d >= epoch) {
-            epoch + 1
-        } else {
-            epoch
-        };
-        // A proof of `next` can be sent from the block after its epoch starts.
-        Ok(block + ACCEPT_BLOCKS > self.params.epoch_start(next) + 1)
+        if self.done_epoch.is_none_or(|d| d < epoch) {
+            return Ok(true);
+        }
+        Ok(block + ACCEPT_BLOCKS > self.params.epoch_start(epoch + 1))
     }
 
     /// Take up a deal of this node: an accepted one from its record (or, for deals accepted

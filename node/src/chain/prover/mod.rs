@@ -4,13 +4,13 @@
 //! the next one (its back-off never grows past one round: a proof window does not wait). Its
 //! sibling, the watcher that reports other nodes' missed epochs, is in [`super::watcher`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
 use cairn_erasure::Cid;
-use cairn_proofs::challenge::{leaf, sample_value, slot};
+use cairn_proofs::challenge::{DRAW_ATTEMPTS, Slot, draw};
 use cairn_proofs::tree::CHUNK_LEAVES;
 use cairn_proofs::{Proof, encode_blob, prove, verify};
 use cairn_storage::{Backend, Store};
@@ -42,11 +42,18 @@ pub enum ProveEpochError {
     },
     #[error("deal {0} is challenged but this node holds no data for it")]
     NotHeld(u64),
+    #[error(
+        "sample {0} fell on deals not drawn in the epoch {DRAW_ATTEMPTS} times: ended deals are not pruned"
+    )]
+    Exhausted(u8),
     #[error("deal {deal}: the proof of leaf {leaf} does not verify")]
     SelfCheck { deal: u64, leaf: u64 },
     #[error(transparent)]
     Chain(#[from] ChainError),
 }
+
+/// Deals pruned from the draw tree per round at most (one transaction).
+const MAX_PRUNE_PER_ROUND: usize = 64;
 
 /// A deal this node proves.
 #[derive(Debug, Clone)]
@@ -57,33 +64,37 @@ pub struct HeldDeal {
 }
 
 /// Build the proofs of `epoch` for `me` (pure apart from the store reads): the samples in
-/// order, each proof verified against its deal's commitment before it is accepted.
+/// order, each proof verified against its deal's commitment before it is accepted. `list` is
+/// the node's deal list and `slots` its draw tree for the epoch (see `cairn_proofs::challenge`).
+#[allow(clippy::too_many_arguments)]
 pub fn build_epoch_proofs<B: Backend>(
     store: &Store<B>,
     held: &HashMap<u64, HeldDeal>,
-    sampled: &[u64],
+    list: &[u64],
+    slots: &[Slot],
     seed: &[u8; 32],
     me: &Address,
     epoch: u64,
     samples: u8,
 ) -> Result<Vec<Proof>, ProveEpochError> {
     let mut proofs = Vec::new();
-    if sampled.is_empty() {
-        return Ok(proofs);
-    }
     for j in 0..samples {
-        let r = sample_value(seed, &me.0.0, epoch, j);
-        let id = sampled[slot(&r, sampled.len() as u64) as usize];
+        let drawn = match draw(seed, &me.0.0, epoch, j, slots) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(proofs), // nothing to draw from
+            Err(_) => return Err(ProveEpochError::Exhausted(j)),
+        };
+        let id = list[drawn.index];
         let Some(deal) = held.get(&id) else {
             return Err(ProveEpochError::NotHeld(id));
         };
         if !deal.info.runs_in(epoch) {
-            continue; // the sample fell on an ended deal: nothing to prove
+            continue; // terminated during this epoch: nothing to prove
         }
         let Some(data) = &deal.data else {
             return Err(ProveEpochError::NotHeld(id));
         };
-        let index = leaf(&r, deal.info.leaf_count);
+        let index = drawn.leaf;
         let chunk = data
             .read_chunk(store, index / CHUNK_LEAVES)
             .map_err(|source| ProveEpochError::Data { deal: id, source })?;
@@ -193,7 +204,53 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
                 d.data = None;
             }
         }
+        if self.done_epoch.is_some_and(|d| d >= epoch) {
+            match self.proof_due_soon().await {
+                Ok(false) => self.prune(epoch).await,
+                Ok(true) => {}
+                Err(e) => debug!(epoch, error = %e, "pruning put off"),
+            }
+        }
         self.scan_deals().await
+    }
+
+    /// Once the epoch's proof is done, take the deals drawn no more from the next epoch on
+    /// out of the draw tree (at most [`MAX_PRUNE_PER_ROUND`] per round): deals that ended
+    /// would otherwise be drawn and drawn again, and enough of them fail a proof.
+    async fn prune(&mut self, epoch: u64) {
+        let mut due: Vec<(u64, u64)> = self
+            .held
+            .values()
+            .filter(|d| d.info.prunable(epoch + 1))
+            .map(|d| (d.info.draw_slot, d.info.id))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        due.sort_unstable();
+        due.truncate(MAX_PRUNE_PER_ROUND);
+        match self
+            .chain
+            .prune(due.iter().map(|(slot, _)| *slot).collect())
+            .await
+        {
+            Ok(gas) => {
+                for (_, id) in &due {
+                    if let Some(d) = self.held.get_mut(id) {
+                        d.info.draw_slot = 0;
+                    }
+                }
+                self.metrics.gas.inc_by(gas);
+                debug!(
+                    epoch,
+                    pruned = due.len(),
+                    gas,
+                    "ended deals pruned from the draw"
+                );
+            }
+            // Left for a later round (the draw may not be closed yet).
+            Err(e) => debug!(epoch, error = %e, "pruning ended deals failed"),
+        }
     }
 
     async fn prove_epoch(&mut self, epoch: u64) -> Result<(), ChainError> {
@@ -206,29 +263,31 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
             self.done_epoch = Some(epoch);
             return Ok(());
         }
-        let n = self.chain.sampled_deals(me, epoch).await? as usize;
-        let mut sampled = self.chain.deals_of(me).await?;
-        sampled.truncate(n);
+        let list = self.chain.deals_of(me).await?;
         let seed = self.chain.epoch_seed(epoch).await?;
         let samples = self.params.samples;
-        // The deals the samples fall on, as the chain has them now: a client may have
-        // terminated one (it deleted the checkpoint), and then it is not to be proven.
-        if !sampled.is_empty() {
-            let hit: BTreeSet<u64> = (0..samples)
-                .map(|j| {
-                    let r = sample_value(&seed, &me.0.0, epoch, j);
-                    sampled[slot(&r, sampled.len() as u64) as usize]
-                })
-                .collect();
-            for id in hit {
-                if let Some(d) = self.held.get_mut(&id) {
-                    d.info = self.chain.deal(id).await?;
+        // The draw tree as the chain has it: a client may have terminated a deal (it deleted
+        // the checkpoint), which moves the deal's end to the end of the epoch it did so in,
+        // and anyone may have pruned an ended deal. A pruned deal stays out; any other is
+        // read again.
+        let mut slots = Vec::with_capacity(list.len());
+        for id in &list {
+            let known = self.held.get(id).map(|d| &d.info);
+            let info = match known {
+                Some(i) if i.draw_slot == 0 && i.state == super::DEAL_ACTIVE => i.clone(),
+                _ => {
+                    let fresh = self.chain.deal(*id).await?;
+                    if let Some(d) = self.held.get_mut(id) {
+                        d.info = fresh.clone();
+                    }
+                    fresh
                 }
-            }
+            };
+            slots.push(info.draw_slot(epoch));
         }
         let (store, held) = (self.store.clone(), self.held.clone());
         let built = tokio::task::spawn_blocking(move || {
-            build_epoch_proofs(&store, &held, &sampled, &seed, &me, epoch, samples)
+            build_epoch_proofs(&store, &held, &list, &slots, &seed, &me, epoch, samples)
         })
         .await
         .map_err(|e| ChainError::Config(format!("proof builder failed: {e}")))?;

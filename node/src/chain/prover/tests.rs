@@ -33,6 +33,8 @@ fn held() -> (Store<MemBackend>, HashMap<u64, HeldDeal>) {
         checkpoint: root_word(&root),
         state: DEAL_ACTIVE,
         settled: 0,
+        draw_epochs: 10,
+        draw_slot: 1,
         price: U256::from(1),
     };
     let deal = HeldDeal {
@@ -46,14 +48,27 @@ fn held() -> (Store<MemBackend>, HashMap<u64, HeldDeal>) {
 fn proofs_verify_and_changed_data_sends_nothing() {
     let (store, held) = held();
     let me = Address::repeat_byte(3);
-    let proofs = build_epoch_proofs(&store, &held, &[7], &[9; 32], &me, 4, 8).expect("proofs");
+    let w = [held[&7].info.draw_slot(4)];
+    let proofs = build_epoch_proofs(&store, &held, &[7], &w, &[9; 32], &me, 4, 8).expect("proofs");
     assert_eq!(proofs.len(), 8);
-    // An epoch the deal does not run in: nothing to prove.
-    let none = build_epoch_proofs(&store, &held, &[7], &[9; 32], &me, 11, 8).expect("void");
+    // Nothing in the draw, or drawn in an epoch the deal no longer runs in (its client
+    // terminated it during the epoch): nothing to prove.
+    let pruned = [Slot {
+        weight: 0,
+        drawn: false,
+    }];
+    let none = build_epoch_proofs(&store, &held, &[7], &pruned, &[9; 32], &me, 4, 8).expect("void");
+    assert!(none.is_empty());
+    let terminated = [Slot {
+        weight: held[&7].info.leaf_count,
+        drawn: true,
+    }];
+    let none =
+        build_epoch_proofs(&store, &held, &[7], &terminated, &[9; 32], &me, 11, 8).expect("void");
     assert!(none.is_empty());
     // A deal id this node never took up fails the epoch instead of skipping it.
     assert!(matches!(
-        build_epoch_proofs(&store, &held, &[8], &[9; 32], &me, 4, 8),
+        build_epoch_proofs(&store, &held, &[8], &w, &[9; 32], &me, 4, 8),
         Err(ProveEpochError::NotHeld(8))
     ));
     // Flip one byte in every shard: every sample now reads data that fails its hash, and
@@ -65,7 +80,7 @@ fn proofs_verify_and_changed_data_sends_nothing() {
             store.backend().flip_blob_byte(&p.cid.to_bytes(), at);
         }
     }
-    let err = build_epoch_proofs(&store, &held, &[7], &[9; 32], &me, 4, 8)
+    let err = build_epoch_proofs(&store, &held, &[7], &w, &[9; 32], &me, 4, 8)
         .expect_err("corrupt data proves nothing");
     assert!(
         matches!(err, ProveEpochError::Data { deal: 7, .. }),
@@ -131,6 +146,8 @@ impl TestChain {
             checkpoint: root_word(root),
             state: DEAL_PROPOSED,
             settled: 0,
+            draw_epochs: 0,
+            draw_slot: 0,
             price: U256::from(1),
         });
         id
@@ -172,13 +189,6 @@ impl ProofChain for TestChain {
     async fn deals_of(&self, _node: Address) -> Result<Vec<u64>, ChainError> {
         Ok(self.state().accepted.clone())
     }
-    async fn sampled_deals(&self, _node: Address, epoch: u64) -> Result<u64, ChainError> {
-        let s = self.state();
-        Ok(s.accepted
-            .iter()
-            .filter(|id| s.deals[**id as usize - 1].start <= epoch)
-            .count() as u64)
-    }
     async fn is_proven(&self, _node: Address, epoch: u64) -> Result<bool, ChainError> {
         Ok(self.state().proven.contains(&epoch))
     }
@@ -188,11 +198,27 @@ impl ProofChain for TestChain {
     async fn accept_deal(&self, id: u64) -> Result<u64, ChainError> {
         let mut s = self.state();
         let start = Self::params().epoch_of(s.block) + 1;
+        let slot = s.accepted.len() as u64 + 1;
         let d = &mut s.deals[id as usize - 1];
         assert_eq!(d.state, DEAL_PROPOSED, "deal {id} accepted twice");
         d.state = DEAL_ACTIVE;
         d.start = start;
+        d.draw_epochs = d.epochs;
+        d.draw_slot = slot;
         s.accepted.push(id);
+        s.block += 1;
+        Ok(0)
+    }
+    async fn prune(&self, slots: Vec<u64>) -> Result<u64, ChainError> {
+        let mut s = self.state();
+        let next = Self::params().epoch_of(s.block) + 1;
+        for slot in slots {
+            let id = s.accepted[slot as usize - 1];
+            let d = &mut s.deals[id as usize - 1];
+            if d.prunable(next) {
+                d.draw_slot = 0;
+            }
+        }
         s.block += 1;
         Ok(0)
     }
@@ -206,23 +232,23 @@ impl ProofChain for TestChain {
         );
         // The contract's check: a proof per sample on a running deal, each against its
         // deal's commitment.
-        let sampled: Vec<u64> = s
+        let slots: Vec<Slot> = s
             .accepted
             .iter()
-            .copied()
-            .filter(|id| s.deals[*id as usize - 1].start <= epoch)
+            .map(|id| s.deals[*id as usize - 1].draw_slot(epoch))
             .collect();
         let seed = B256::left_padding_from(&epoch.to_be_bytes()).0;
         let challenges: Vec<cairn_proofs::Challenge> = (0..p.samples)
             .filter_map(|j| {
-                let r = sample_value(&seed, &ME.0.0, epoch, j);
-                let d = &s.deals[sampled[slot(&r, sampled.len() as u64) as usize] as usize - 1];
-                d.runs_in(epoch).then(|| cairn_proofs::Challenge {
+                let drawn =
+                    draw(&seed, &ME.0.0, epoch, j, &slots).expect("the draw is not exhausted")?;
+                let d = &s.deals[s.accepted[drawn.index] as usize - 1];
+                d.runs_in(epoch).then_some(cairn_proofs::Challenge {
                     commitment: cairn_proofs::Commitment {
                         root: d.commitment,
                         leaf_count: d.leaf_count,
                     },
-                    leaf: leaf(&r, d.leaf_count),
+                    leaf: drawn.leaf,
                 })
             })
             .collect();
@@ -434,4 +460,6 @@ async fn a_deal_record_goes_when_the_deal_ends() {
     run_to(&mut p, &chain, end + 1).await;
     assert!(store.accepted_deal(id).expect("read").is_none());
     assert!(p.held[&id].data.is_none());
+    // Its last epoch proven, it leaves the draw tree.
+    assert_eq!(chain.state().deals[0].draw_slot, 0);
 }
