@@ -56,9 +56,9 @@ contract CairnStorage {
         uint48 leafCount;
         uint40 start; // first epoch proven; 0 until accepted
         uint32 epochs;
+        uint8 drawMode; // DRAWN_AS_RUN, DRAWN_ONE_MORE or DRAWN_NEVER
         address node;
         uint32 settled; // epochs settled so far
-        uint32 drawEpochs; // epochs from `start` the deal is drawn from
         uint32 drawSlot; // its 1-based position in its node's draw tree; 0 once pruned
         address client;
         uint8 state;
@@ -70,6 +70,15 @@ contract CairnStorage {
     uint8 internal constant ACTIVE = 2;
     uint8 internal constant CANCELLED = 3;
 
+    /// Drawn in the epochs it runs.
+    uint8 internal constant DRAWN_AS_RUN = 0;
+    /// Terminated during its last drawn epoch: drawn one epoch past its (cut) end.
+    uint8 internal constant DRAWN_ONE_MORE = 1;
+    /// Terminated before it started: never drawn.
+    uint8 internal constant DRAWN_NEVER = 2;
+    /// Low bits of a draw tree position: the deal id at that position (the sum is above).
+    uint256 internal constant ID_BITS = 64;
+
     struct Record {
         address publisher;
         uint64 blockNumber;
@@ -80,7 +89,8 @@ contract CairnStorage {
     mapping(address => Node) public nodes;
     mapping(address => uint256[]) internal nodeDeals;
     /// Per node, a Fenwick tree over its deal list (1-based) of the leaf counts of the deals
-    /// not pruned yet. A deal enters when accepted and leaves when pruned after its end.
+    /// not pruned yet, each position's sum shifted above the id of the deal at the position
+    /// (`ID_BITS`). A deal enters when accepted and leaves when pruned after its end.
     mapping(address => mapping(uint256 => uint256)) internal drawTree;
     mapping(uint256 => Deal) public deals;
     uint256 public dealCount;
@@ -385,7 +395,7 @@ contract CairnStorage {
         if (leafCount == 0 || leafCount > MAX_LEAVES || epochs == 0 || pricePerEpoch == 0) revert InvalidDeal();
         id = ++dealCount;
         deals[id] = Deal(
-            commitment, uint48(leafCount), 0, epochs, node, 0, 0, 0, msg.sender, PROPOSED, pricePerEpoch, checkpoint
+            commitment, uint48(leafCount), 0, epochs, DRAWN_AS_RUN, node, 0, 0, msg.sender, PROPOSED, pricePerEpoch, checkpoint
         );
         totalEscrow += uint256(epochs) * pricePerEpoch;
         emit DealProposed(id, msg.sender, node, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
@@ -419,7 +429,8 @@ contract CairnStorage {
         d.epochs = uint32(keep);
         // Drawn to the end of the current epoch (samples falling on it are void), so the draw
         // of an epoch never changes once it has started; never drawn if it had not started.
-        d.drawEpochs = now_ >= d.start ? uint32(now_ + 1 - d.start) : 0;
+        if (now_ < d.start) d.drawMode = DRAWN_NEVER;
+        else if (uint64(d.start) + keep == now_) d.drawMode = DRAWN_ONE_MORE;
         totalEscrow -= refund;
         _credit(d.client, refund);
         emit DealTerminated(id, keep, refund);
@@ -450,12 +461,11 @@ contract CairnStorage {
         uint256 sum = d.leafCount;
         uint256 low = slot & (~slot + 1);
         for (uint256 k = slot - 1; k > slot - low; k -= k & (~k + 1)) {
-            sum += tree[k];
+            sum += tree[k] >> ID_BITS;
         }
-        tree[slot] = sum;
+        tree[slot] = (sum << ID_BITS) | id;
         n.drawWeight += uint128(d.leafCount);
         d.drawSlot = uint32(slot);
-        d.drawEpochs = d.epochs;
         d.state = ACTIVE;
         d.start = uint40(now_ + 1);
         uint64 end = uint64(d.start) + d.epochs;
@@ -533,10 +543,10 @@ contract CairnStorage {
             uint256 slot = slots[c];
             if (slot == 0 || slot > len) continue;
             Deal storage d = deals[list[slot - 1]];
-            if (d.drawSlot != slot || uint64(d.start) + d.drawEpochs > now_ + 1) continue;
+            if (d.drawSlot != slot || _drawEnd(d) > now_ + 1) continue;
             uint256 w = d.leafCount;
             for (uint256 i = slot; i <= len; i += i & (~i + 1)) {
-                tree[i] -= w;
+                tree[i] -= w << ID_BITS;
             }
             removed += w;
             d.drawSlot = 0;
@@ -545,24 +555,31 @@ contract CairnStorage {
         nodes[node].drawWeight -= uint128(removed);
     }
 
-    /// The position (0-based) in `node`'s deal list that `x` (below the tree's total) falls
-    /// on, and the leaf within that deal.
-    function _drawFind(address node, uint256 x) internal view returns (Deal storage d, uint256 leaf) {
-        uint256[] storage list = nodeDeals[node];
+    /// First epoch in which `d` is no longer drawn.
+    function _drawEnd(Deal storage d) internal view returns (uint64) {
+        uint8 mode = d.drawMode;
+        uint64 start = d.start;
+        if (mode == DRAWN_NEVER) return start;
+        return start + d.epochs + (mode == DRAWN_ONE_MORE ? 1 : 0);
+    }
+
+    /// The deal that `x` (below the tree's total) falls on in `node`'s draw tree, and the leaf
+    /// within it. The position found was read on the way down (its id costs no cold read).
+    function _drawFind(address node, uint256 x) internal view returns (uint256 id, uint256 leaf) {
         mapping(uint256 => uint256) storage tree = drawTree[node];
-        uint256 len = list.length;
+        uint256 len = nodeDeals[node].length;
         uint256 pos;
         for (uint256 step = 1 << (_depth(uint64(len) + 1) - 1); step != 0; step >>= 1) {
             uint256 next = pos + step;
             if (next <= len) {
-                uint256 v = tree[next];
+                uint256 v = tree[next] >> ID_BITS;
                 if (v <= x) {
                     pos = next;
                     x -= v;
                 }
             }
         }
-        d = deals[list[pos]];
+        id = uint64(tree[pos + 1]);
         leaf = x;
     }
 
@@ -571,12 +588,12 @@ contract CairnStorage {
     function _drawSample(address node, bytes32 seed, uint64 epoch, uint256 j, uint256 total)
         internal
         view
-        returns (Deal storage d, uint256 leaf)
+        returns (uint256 id, uint256 leaf)
     {
         for (uint256 a; a < DRAW_ATTEMPTS; ++a) {
-            (d, leaf) = _drawFind(node, _sampleValue(seed, node, epoch, j, a) % total);
-            uint64 start = d.start;
-            if (epoch >= start && epoch < start + d.drawEpochs) return (d, leaf);
+            (id, leaf) = _drawFind(node, _sampleValue(seed, node, epoch, j, a) % total);
+            Deal storage d = deals[id];
+            if (epoch >= d.start && epoch < _drawEnd(d)) return (id, leaf);
         }
         revert DrawExhausted(j);
     }
@@ -587,9 +604,10 @@ contract CairnStorage {
     function challenge(address node, uint64 epoch, uint256 j) public view returns (uint256 dealId, uint64 leaf) {
         uint256 total = nodes[node].drawWeight;
         if (total == 0) return (0, 0);
-        (Deal storage d, uint256 x) = _drawSample(node, epochSeed(epoch), epoch, j, total);
+        uint256 x;
+        (dealId, x) = _drawSample(node, epochSeed(epoch), epoch, j, total);
+        Deal storage d = deals[dealId];
         if (epoch >= uint64(d.start) + d.epochs) return (0, 0);
-        dealId = nodeDeals[node][d.drawSlot - 1];
         leaf = uint64(x);
     }
 
@@ -632,7 +650,8 @@ contract CairnStorage {
             bytes32 seed = epochSeed(epoch);
             uint256 samples = samplesPerEpoch;
             for (uint256 j; j < samples; ++j) {
-                (Deal storage d, uint256 leaf) = _drawSample(node, seed, epoch, j, total);
+                (uint256 id, uint256 leaf) = _drawSample(node, seed, epoch, j, total);
+                Deal storage d = deals[id];
                 if (epoch >= uint64(d.start) + d.epochs) continue; // terminated in this epoch
                 offset = _checkSample(blob, offset, d, leaf, j);
                 ++used;

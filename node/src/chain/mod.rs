@@ -181,6 +181,20 @@ pub const DEFAULT_EPOCH_BLOCKS: u64 = 240;
 /// a day, 23 per epoch (690: missed with probability 0.99^690 = 0.097%).
 pub const DEFAULT_SAMPLES: u8 = 23;
 
+/// The contract's `drawMode`: drawn in the epochs the deal runs, one more (terminated during
+/// its last drawn epoch), or never (terminated before it started).
+const DRAWN_ONE_MORE: u8 = 1;
+const DRAWN_NEVER: u8 = 2;
+
+/// Epochs from its start a deal of `epochs` epochs (as cut by a termination) is drawn from.
+fn draw_epochs(epochs: u64, mode: u8) -> u64 {
+    match mode {
+        DRAWN_NEVER => 0,
+        DRAWN_ONE_MORE => epochs + 1,
+        _ => epochs,
+    }
+}
+
 /// Wei per gwei.
 const WEI_PER_GWEI: u64 = 1_000_000_000;
 
@@ -712,7 +726,7 @@ impl ProofChain for Chain {
             checkpoint: d.checkpoint,
             state: d.state,
             settled: u64::from(d.settled),
-            draw_epochs: u64::from(d.drawEpochs),
+            draw_epochs: draw_epochs(u64::from(d.epochs), d.drawMode),
             draw_slot: u64::from(d.drawSlot),
             price: U256::from(d.pricePerEpoch.to::<u128>()),
         })
