@@ -1006,7 +1006,7 @@ async fn proofs_pay_per_proven_epoch_and_missed_epochs_are_slashed_once() {
     assert_eq!(ids, vec![a, b]);
     let mut slots = Vec::new();
     for id in &ids {
-        slots.push(n.deal(*id).await.expect("deal").draw_slot(start));
+        slots.push(n.deal(*id).await.expect("deal").slot_in_draw(start));
     }
     for j in 0..SAMPLES {
         let (id, leaf) = challenge(&n, env.addr(1), start, j)
@@ -1651,7 +1651,7 @@ async fn samples_follow_the_bytes_and_ended_deals_leave_the_draw() {
     for epoch in start..start + 24 {
         env.mine_to(params.epoch_start(epoch) + 2).await;
         let seed = n.epoch_seed(epoch).await.expect("seed");
-        let slots: Vec<_> = infos.iter().map(|d| d.draw_slot(epoch)).collect();
+        let slots: Vec<_> = infos.iter().map(|d| d.slot_in_draw(epoch)).collect();
         assert_eq!(
             k.nodes(env.addr(1)).call().await.expect("node").drawWeight,
             slots.iter().map(|s| u128::from(s.weight)).sum::<u128>()

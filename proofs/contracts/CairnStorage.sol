@@ -513,8 +513,7 @@ contract CairnStorage {
         return nodeDeals[node];
     }
 
-    // ---------------------------------------------------------------- challenges and proofs
-    // ---------------------------------------------------------------- the draw
+    // ---------------------------------------------------------------- the draw and proofs
     /// Attempts per sample: a sample falling on a deal out of the draw (ended, or accepted
     /// and not started) is drawn again, up to this many times.
     uint256 internal constant DRAW_ATTEMPTS = 32;
@@ -642,7 +641,7 @@ contract CairnStorage {
         emit EpochProven(msg.sender, epoch, used);
     }
 
-    /// `challenge` for every sample, inlined.
+    /// `challenge` for every sample, checking each proof in the blob as it goes.
     function _verifyAll(address node, uint64 epoch, bytes calldata blob) internal view returns (uint256 used) {
         uint256 total = nodes[node].drawWeight;
         uint256 offset;

@@ -228,10 +228,7 @@ impl DealInfo {
 
     /// Drawn from in `epoch` (see `cairn_proofs::challenge`).
     pub fn in_draw(&self, epoch: u64) -> bool {
-        self.state == DEAL_ACTIVE
-            && self.draw_epochs != 0
-            && epoch >= self.start
-            && epoch < self.start + self.draw_epochs
+        self.state == DEAL_ACTIVE && epoch >= self.start && epoch < self.start + self.draw_epochs
     }
 
     /// Still in its node's draw tree but drawn in no epoch from `epoch` on: to be pruned.
@@ -240,7 +237,7 @@ impl DealInfo {
     }
 
     /// Its weight in its node's draw tree and whether it is drawn in `epoch`.
-    pub fn draw_slot(&self, epoch: u64) -> cairn_proofs::challenge::Slot {
+    pub fn slot_in_draw(&self, epoch: u64) -> cairn_proofs::challenge::Slot {
         cairn_proofs::challenge::Slot {
             weight: if self.draw_slot != 0 {
                 self.leaf_count

@@ -19,9 +19,9 @@ use super::{HeldDeal, Prover};
 /// Proposals taken up per round at most (each may cost an acceptance, a transaction waited
 /// for): the rest wait for the next round, after its proof.
 const MAX_PROPOSALS_PER_ROUND: usize = 16;
-/// Blocks an acceptance may take (sent, mined, its receipt read): none is started when a
-/// proof becomes due within this many blocks.
-const ACCEPT_BLOCKS: u64 = 2;
+/// Blocks a change of the draw tree (an acceptance, a prune) may take to be mined: none is
+/// started unless it lands, within this many blocks, before the next epoch's proof opens.
+const DRAW_CHANGE_BLOCKS: u64 = 2;
 /// Deal data kept between rounds, one per checkpoint: proposals for a checkpoint already
 /// looked at cost index reads, not a pass over its shards.
 const MAX_CACHED_TREES: usize = 16;
@@ -38,7 +38,8 @@ async fn blocking<T: Send + 'static>(
 
 impl<C: ProofChain, B: Backend> Prover<C, B> {
     /// Look at deals not seen yet (and those to look at again). Deals accepted earlier are
-    /// taken up from their records; proposals wait while a proof is due or close (at most
+    /// taken up from their records; proposals wait while the draw may not change (see
+    /// [`Self::draw_busy`]; at most
     /// [`MAX_PROPOSALS_PER_ROUND`] per round, the rest next round).
     pub(super) async fn scan_deals(&mut self) -> Result<(), ChainError> {
         let me = self.chain.me();
@@ -56,7 +57,7 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
                     let wait = if deferred > 0 || proposals == MAX_PROPOSALS_PER_ROUND {
                         Ok(true)
                     } else {
-                        self.proof_due_soon().await
+                        self.draw_busy().await
                     };
                     match wait {
                         Ok(true) => {
@@ -93,14 +94,14 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
     /// Whether a change of the draw tree (an acceptance, a prune) started now could delay a
     /// proof or be refused: the current epoch's proof is not done yet, or the change might
     /// not be mined before the next epoch's second block (the contract takes changes in an
-    /// epoch's first block, then only once its proof is closed; see [`ACCEPT_BLOCKS`]).
-    pub(super) async fn proof_due_soon(&self) -> Result<bool, ChainError> {
+    /// epoch's first block, then only once its proof is closed; see [`DRAW_CHANGE_BLOCKS`]).
+    pub(super) async fn draw_busy(&self) -> Result<bool, ChainError> {
         let block = self.chain.block_number().await?;
         let epoch = self.params.epoch_of(block);
         if self.done_epoch.is_none_or(|d| d < epoch) {
             return Ok(true);
         }
-        Ok(block + ACCEPT_BLOCKS > self.params.epoch_start(epoch + 1))
+        Ok(block + DRAW_CHANGE_BLOCKS > self.params.epoch_start(epoch + 1))
     }
 
     /// Take up a deal of this node: an accepted one from its record (or, for deals accepted

@@ -205,7 +205,7 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
             }
         }
         if self.done_epoch.is_some_and(|d| d >= epoch) {
-            match self.proof_due_soon().await {
+            match self.draw_busy().await {
                 Ok(false) => self.prune(epoch).await,
                 Ok(true) => {}
                 Err(e) => debug!(epoch, error = %e, "pruning put off"),
@@ -283,7 +283,7 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
                     fresh
                 }
             };
-            slots.push(info.draw_slot(epoch));
+            slots.push(info.slot_in_draw(epoch));
         }
         let (store, held) = (self.store.clone(), self.held.clone());
         let built = tokio::task::spawn_blocking(move || {

@@ -48,7 +48,7 @@ fn held() -> (Store<MemBackend>, HashMap<u64, HeldDeal>) {
 fn proofs_verify_and_changed_data_sends_nothing() {
     let (store, held) = held();
     let me = Address::repeat_byte(3);
-    let w = [held[&7].info.draw_slot(4)];
+    let w = [held[&7].info.slot_in_draw(4)];
     let proofs = build_epoch_proofs(&store, &held, &[7], &w, &[9; 32], &me, 4, 8).expect("proofs");
     assert_eq!(proofs.len(), 8);
     // Nothing in the draw, or drawn in an epoch the deal no longer runs in (its client
@@ -235,7 +235,7 @@ impl ProofChain for TestChain {
         let slots: Vec<Slot> = s
             .accepted
             .iter()
-            .map(|id| s.deals[*id as usize - 1].draw_slot(epoch))
+            .map(|id| s.deals[*id as usize - 1].slot_in_draw(epoch))
             .collect();
         let seed = B256::left_padding_from(&epoch.to_be_bytes()).0;
         let challenges: Vec<cairn_proofs::Challenge> = (0..p.samples)
