@@ -5,7 +5,7 @@
 //! Run: `cargo bench -p cairn-node --bench gas` (also in `ops/bench.sh`).
 
 use alloy::node_bindings::Anvil;
-use alloy::primitives::{B256, FixedBytes, U256};
+use alloy::primitives::{Address, B256, FixedBytes, U256};
 use cairn_node::chain::{CairnStorage, Chain, DeployArgs, ProofChain, provider};
 use cairn_proofs::tree::{CHUNK_LEAVES, CHUNK_SIZE, chunk_root};
 use cairn_proofs::{Proof, UpperTree, encode_blob, prove};
@@ -87,7 +87,10 @@ async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {
     let k = client.contract();
     let root = B256::repeat_byte(7);
     client
-        .send("publish", k.publish(root, B256::ZERO, B256::ZERO))
+        .send(
+            "publish",
+            k.publish(root, Address::ZERO, B256::ZERO, B256::ZERO),
+        )
         .await
         .expect("publish");
     let mut rows = Vec::new();
@@ -110,6 +113,7 @@ async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {
                     "proposeDeal",
                     k.proposeDeal(
                         node.me(),
+                        client.me(),
                         root,
                         FixedBytes(c.root),
                         c.leaf_count,

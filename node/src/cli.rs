@@ -61,9 +61,20 @@ pub enum Command {
         /// on chain with this one.
         #[arg(long)]
         parent: Option<String>,
+        /// Whose record of --parent it derives from (an account, 0x...; default: the node's
+        /// own, which publishes its puts).
+        #[arg(long, requires = "parent")]
+        parent_publisher: Option<String>,
     },
-    /// Print a checkpoint's lineage from chain: itself, its parent, ... back to its base.
-    Log { cid: String },
+    /// Print provenance from chain: for a root CID, a publisher's record of it, its parent's,
+    /// ... back to its base; for a name (`org/model`), every root it pointed at, newest first.
+    Log {
+        /// Root CID or `org/model`.
+        target: String,
+        /// Whose record of the CID to follow (default: the node's account).
+        #[arg(long)]
+        publisher: Option<String>,
+    },
     /// Show the node's account on chain: balance, stake, credits owed, the deals it accepted
     /// and the escrow of the deals it proposed.
     Wallet,

@@ -92,6 +92,7 @@ async fn main() -> Result<()> {
             m,
             stripe_size,
             parent,
+            parent_publisher,
         } => {
             let t = Instant::now();
             let opts = PutOptions {
@@ -101,6 +102,7 @@ async fn main() -> Result<()> {
                 m,
                 stripe_size,
                 parent,
+                parent_publisher,
             };
             let a = client.put(&path, &opts).await?;
             eprintln!(
@@ -114,7 +116,7 @@ async fn main() -> Result<()> {
             );
             if let Some(c) = &a.chain {
                 eprintln!(
-                    "chain: {}, {} deals proposed{}{}",
+                    "chain: {}{}, {} deals proposed{}{}",
                     if c.error.is_some() {
                         "failed"
                     } else if c.published {
@@ -122,6 +124,9 @@ async fn main() -> Result<()> {
                     } else {
                         "provenance recorded before"
                     },
+                    c.name_revision
+                        .map(|r| format!(", name revision {r}"))
+                        .unwrap_or_default(),
                     c.deals.len(),
                     c.skipped
                         .iter()
@@ -151,25 +156,30 @@ async fn main() -> Result<()> {
             }
         }
         Command::Wallet => print!("{}", client.wallet().await?.render()),
-        Command::Log { cid } => {
-            let records = client.lineage(&cid).await?;
-            for (i, r) in records.iter().enumerate() {
-                let what = if r.parent.is_none() {
-                    "base"
-                } else if i == 0 {
-                    "checkpoint"
-                } else {
-                    "parent"
-                };
-                println!("{:<indent$}{} ({what})", "", r.root, indent = i * 2);
+        Command::Log { target, publisher } => {
+            if target.contains('/') {
+                let log = client.chain_name(&target).await?;
                 println!(
-                    "{:<indent$}  published by {} in block {}, metadata {}",
-                    "",
-                    r.publisher,
-                    r.block,
-                    r.meta_hash,
-                    indent = i * 2
+                    "{} (owned by {}, {} revisions)",
+                    log.name, log.publisher, log.total
                 );
+                for r in &log.revisions {
+                    println!("revision {}  {}", r.revision, r.record.root);
+                    print_record(&r.record, 1);
+                }
+            } else {
+                let records = client.lineage(&target, publisher.as_deref()).await?;
+                for (i, r) in records.iter().enumerate() {
+                    let what = if r.parent.is_none() {
+                        "base"
+                    } else if i == 0 {
+                        "checkpoint"
+                    } else {
+                        "parent"
+                    };
+                    println!("{:<indent$}{} ({what})", "", r.root, indent = i * 2);
+                    print_record(r, i);
+                }
             }
         }
         Command::Deploy {
@@ -490,4 +500,23 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The publisher, block and metadata of a provenance record, indented by `depth`.
+fn print_record(r: &cairn_node::api::LineageEntry, depth: usize) {
+    println!(
+        "{:<indent$}  published by {} in block {}, metadata {}",
+        "",
+        r.publisher,
+        r.block,
+        r.meta_hash,
+        indent = depth * 2
+    );
+    if let (Some(p), Some(by)) = (&r.parent, &r.parent_publisher) {
+        println!(
+            "{:<indent$}  parent {p} as recorded by {by}",
+            "",
+            indent = depth * 2
+        );
+    }
 }

@@ -17,6 +17,8 @@ use cairn_node::chain::{CairnStorage, Chain, ProofChain, peer_word};
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 const NODES: usize = 8;
 const EPOCH_BLOCKS: u64 = 4;
+/// The dev account after the nodes': a party that is no node (a squatter here).
+const OUTSIDER: usize = NODES + 1;
 
 fn ok(out: Output) -> String {
     assert!(
@@ -86,6 +88,17 @@ impl Devnet {
             .expect("address")
     }
 
+    /// A chain client with dev account `i`'s key (0: the deployer; node i uses i + 1).
+    fn key_chain(&self, i: usize) -> Chain {
+        let c = &self.state["chain"];
+        Chain::connect(
+            c["rpc"].as_str().expect("rpc"),
+            c["contract"].as_str().expect("contract"),
+            c["keys"][i].as_str().expect("key"),
+        )
+        .expect("chain client")
+    }
+
     /// A chain client with the deployer's key (it only reads here).
     fn chain(&self) -> Chain {
         let c = &self.state["chain"];
@@ -117,19 +130,92 @@ impl Drop for Devnet {
     }
 }
 
-/// Put through devnet node `i`: the CLI finds the node's token through the devnet's state.
-fn put(net: &Devnet, i: usize, path: &Path, parent: Option<&str>) -> String {
-    let url = net.url(i);
-    let mut args = vec!["--node", &url, "put", path.to_str().expect("utf-8")];
+/// The command that puts through devnet node `i` (naming the root `name`): the CLI finds the
+/// node's token through the devnet's state.
+fn put_command(
+    net: &Devnet,
+    i: usize,
+    path: &Path,
+    parent: Option<&str>,
+    name: Option<&str>,
+) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["--node", &net.url(i), "put", path.to_str().expect("utf-8")]);
     if let Some(p) = parent {
-        args.extend(["--parent", p]);
+        c.args(["--parent", p]);
     }
-    let out = Command::new(BIN)
-        .args(&args)
-        .env("CAIRN_DEVNET_DIR", &net.dir)
-        .output()
-        .expect("run cairn");
-    ok(out).trim().to_owned()
+    if let Some(n) = name {
+        c.args(["--name", n]);
+    }
+    c.env("CAIRN_DEVNET_DIR", &net.dir);
+    c
+}
+
+/// Put through devnet node `i`; returns the root and what the CLI reported.
+fn put(
+    net: &Devnet,
+    i: usize,
+    path: &Path,
+    parent: Option<&str>,
+    name: Option<&str>,
+) -> (String, String) {
+    put_output(
+        put_command(net, i, path, parent, name)
+            .output()
+            .expect("run cairn"),
+    )
+}
+
+fn put_output(out: Output) -> (String, String) {
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    (ok(out).trim().to_owned(), report)
+}
+
+/// Waits until a `publishWithDeals` transaction is pending (mining is paused) and returns
+/// it decoded, with its priority fee and fee cap: what a front-runner reads from the pool.
+async fn pending_publish(chain: &Chain) -> (CairnStorage::publishWithDealsCall, u128, u128) {
+    use alloy::sol_types::SolCall;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool: serde_json::Value = chain
+            .provider()
+            .raw_request("txpool_content".into(), ())
+            .await
+            .expect("txpool_content");
+        let txs = pool["pending"]
+            .as_object()
+            .into_iter()
+            .flat_map(|by_sender| {
+                by_sender
+                    .values()
+                    .filter_map(|n| n.as_object())
+                    .flat_map(|n| n.values())
+            });
+        for tx in txs {
+            let input = tx["input"].as_str().unwrap_or_default();
+            let Ok(bytes) = alloy::hex::decode(input) else {
+                continue;
+            };
+            if let Ok(call) = CairnStorage::publishWithDealsCall::abi_decode(&bytes) {
+                let fee = |k: &str| {
+                    u128::from_str_radix(tx[k].as_str().expect("fee").trim_start_matches("0x"), 16)
+                        .expect("hex fee")
+                };
+                return (call, fee("maxPriorityFeePerGas"), fee("maxFeePerGas"));
+            }
+        }
+        assert!(Instant::now() < deadline, "no publishWithDeals in the pool");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops (0) or restarts (seconds per block) anvil's interval mining.
+async fn interval_mining(chain: &Chain, seconds: u64) {
+    let _: serde_json::Value = chain
+        .provider()
+        .raw_request("anvil_setIntervalMining".into(), (seconds,))
+        .await
+        .expect("anvil_setIntervalMining");
 }
 
 async fn manifest_of(url: &str, root: &str) -> Manifest {
@@ -265,15 +351,82 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
     .expect("ft2");
     let gateway = net.url(0);
     let first_block = chain.block_number().await.expect("block");
-    let base = put(&net, 0, &base_dir, None);
-    let ft1 = put(&net, 0, &ft_file, Some(&base));
-    let ft2 = put(&net, 0, &ft2_file, Some(&ft1));
+    let (base, _) = put(&net, 0, &base_dir, None, None);
+    // Squatting (issue 12): while the fine-tune's put waits to be mined, an outsider reads
+    // its root from the pool (storing nodes have it from the manifest too) and records it
+    // first, as a base of its own, paying more to be ordered first. The real put still
+    // records its own provenance (with its parent), names it, and makes its deals.
+    interval_mining(&chain, 0).await;
+    let running = put_command(&net, 0, &ft_file, Some(&base), Some("cairn-test/tiny"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cairn");
+    let (seen, tip, cap) = pending_publish(&chain).await;
+    let outsider = net.key_chain(OUTSIDER);
+    let squat = outsider
+        .contract()
+        .publish(
+            seen.p.root,
+            Address::ZERO,
+            alloy::primitives::B256::ZERO,
+            alloy::primitives::B256::ZERO,
+        )
+        .max_priority_fee_per_gas(tip + 1_000_000_000)
+        .max_fee_per_gas(cap + 2_000_000_000)
+        .send()
+        .await
+        .expect("the outsider sends its record");
+    interval_mining(&chain, 1).await;
+    let squat = squat.get_receipt().await.expect("receipt");
+    assert!(squat.status(), "the outsider's record is mined");
+    let (ft1, report) = put_output(running.wait_with_output().expect("put"));
+    assert_eq!(
+        cairn_node::chain::root_word(&ft1.parse().expect("cid")),
+        seen.p.root
+    );
+    let real = chain
+        .record(net.account(0), seen.p.root)
+        .await
+        .expect("record")
+        .expect("the gateway's record");
+    let order: Vec<Address> = logs::<CairnStorage::Published>(&chain, first_block)
+        .await
+        .into_iter()
+        .filter(|(_, e)| e.root == seen.p.root)
+        .map(|(_, e)| e.publisher)
+        .collect();
+    assert_eq!(
+        order,
+        [net.account(OUTSIDER - 1), net.account(0)],
+        "the outsider recorded the root first"
+    );
+    assert!(squat.block_number.expect("block") <= real.block);
+    assert!(
+        report.contains("chain: provenance recorded, name revision 1, ")
+            && !report.contains(", 0 deals proposed")
+            && !report.contains("error"),
+        "{report}"
+    );
+    let (ft2, report) = put(&net, 0, &ft2_file, Some(&ft1), Some("cairn-test/tiny"));
+    assert!(report.contains("name revision 2"), "{report}");
 
-    // 5. The lineage of the newest fine-tune goes back to the base.
-    let log = ok(cli(&["--node", &net.url(3), "log", &ft2]));
+    // 5. The lineage of the newest fine-tune goes back to the base, every step the gateway's
+    // own record; the outsider's record of ft1 is a base of its own, shown only when asked.
+    let gateway_account = net.account(0).to_string();
+    let log = ok(cli(&[
+        "--node",
+        &net.url(3),
+        "log",
+        &ft2,
+        "--publisher",
+        &gateway_account,
+    ]));
     let order: Vec<&str> = log
         .lines()
-        .filter(|l| !l.trim_start().starts_with("published"))
+        .filter(|l| {
+            !l.trim_start().starts_with("published") && !l.trim_start().starts_with("parent")
+        })
         .map(|l| l.split_whitespace().next().expect("root"))
         .collect();
     assert_eq!(
@@ -282,6 +435,42 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         "lineage:\n{log}"
     );
     assert!(log.contains("(base)"), "{log}");
+    assert_eq!(
+        log.matches(&format!("published by {gateway_account}"))
+            .count(),
+        3,
+        "{log}"
+    );
+    let theirs = ok(cli(&[
+        "--node",
+        &gateway,
+        "log",
+        &ft1,
+        "--publisher",
+        &net.account(OUTSIDER - 1).to_string(),
+    ]));
+    assert_eq!(
+        theirs.lines().next(),
+        Some(format!("{ft1} (base)").as_str()),
+        "{theirs}"
+    );
+    // The name's revisions, newest first, read from chain by any node.
+    let names = ok(cli(&["--node", &net.url(5), "log", "cairn-test/tiny"]));
+    let revisions: Vec<&str> = names
+        .lines()
+        .filter(|l| l.starts_with("revision"))
+        .collect();
+    assert_eq!(
+        revisions,
+        [format!("revision 2  {ft2}"), format!("revision 1  {ft1}")],
+        "{names}"
+    );
+    assert!(
+        names.starts_with(&format!(
+            "cairn-test/tiny (owned by {gateway_account}, 2 revisions)"
+        )),
+        "{names}"
+    );
 
     // Every storing node accepts its deals (it checks the commitment against its shards).
     let proposed = logs::<CairnStorage::DealProposed>(&chain, first_block).await;
@@ -372,6 +561,7 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
             .contract()
             .proposeDeal(
                 target.node,
+                net.account(0),
                 target.checkpoint,
                 alloy::primitives::FixedBytes(commitment),
                 target.leaf_count,

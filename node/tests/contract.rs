@@ -9,7 +9,7 @@ use alloy::providers::Provider;
 use alloy::providers::ext::AnvilApi;
 use alloy::sol_types::{SolCall, SolError};
 use cairn_node::chain::{
-    CairnStorage, Chain, ChainError, DeployArgs, ProofChain, peer_word, provider,
+    CairnStorage, Chain, ChainError, DeployArgs, ProofChain, peer_word, provenance, provider,
 };
 use cairn_proofs::tree::{CHUNK_LEAVES, CHUNK_SIZE, shard_chunk_roots};
 use cairn_proofs::{Commitment, Proof, UpperTree, encode_blob, prove};
@@ -200,8 +200,14 @@ async fn deal_priced(
 ) -> u64 {
     let cl = env.as_(client);
     let k = cl.contract();
-    if k.records(root).call().await.expect("record").publisher == Address::ZERO {
-        send(&cl, k.publish(root, B256::ZERO, word(0xee)))
+    if k.records(env.addr(client), root)
+        .call()
+        .await
+        .expect("record")
+        .blockNumber
+        == 0
+    {
+        send(&cl, k.publish(root, Address::ZERO, B256::ZERO, word(0xee)))
             .await
             .expect("publish");
     }
@@ -209,6 +215,7 @@ async fn deal_priced(
         &cl,
         k.proposeDeal(
             env.addr(node),
+            env.addr(client),
             root,
             FixedBytes(c.root),
             c.leaf_count,
@@ -633,9 +640,13 @@ async fn registry_changes_name_the_accounts_touched_in_a_range() {
     );
     let p4 = env.as_(4);
     let b3 = block_of(
-        send(&p4, p4.contract().publish(word(1), B256::ZERO, word(2)))
-            .await
-            .expect("publish"),
+        send(
+            &p4,
+            p4.contract()
+                .publish(word(1), Address::ZERO, B256::ZERO, word(2)),
+        )
+        .await
+        .expect("publish"),
     );
     let b4 = block_of(
         send(&n2, n2.contract().topUp().value(U256::from(1u64)))
@@ -731,42 +742,120 @@ async fn registry_changes_name_the_accounts_touched_in_a_range() {
     );
 }
 
+/// What a put records: `root`, its parent (publisher, root) and a name ("" for none).
+fn provenance(root: B256, parent: Option<(Address, B256)>, name: &str) -> CairnStorage::Provenance {
+    let (parent_publisher, parent) = parent.unwrap_or_default();
+    CairnStorage::Provenance {
+        root,
+        parentPublisher: parent_publisher,
+        parent,
+        metaHash: word(8),
+        name: name.to_owned(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn provenance_is_append_only_with_known_parents() {
+async fn provenance_is_per_publisher_and_append_only_with_known_parents() {
     let env = Env::new().await;
     let p = env.as_(3);
     let k = p.contract();
+    let me = env.addr(3);
     refused(
-        send(&p, k.publish(B256::ZERO, B256::ZERO, word(1))).await,
+        send(
+            &p,
+            k.publish(B256::ZERO, Address::ZERO, B256::ZERO, word(1)),
+        )
+        .await,
         "ZeroRoot",
     );
     refused(
-        send(&p, k.publish(word(2), word(9), word(1))).await,
+        send(&p, k.publish(word(2), me, word(9), word(1))).await,
         "UnknownParent",
     );
-    send(&p, k.publish(word(1), B256::ZERO, word(7)))
+    send(&p, k.publish(word(1), Address::ZERO, B256::ZERO, word(7)))
         .await
         .expect("base");
-    send(&p, k.publish(word(2), word(1), word(8)))
+    // A parent needs both its publisher and its root.
+    refused(
+        send(&p, k.publish(word(2), Address::ZERO, word(1), word(8))).await,
+        "UnknownParent",
+    );
+    refused(
+        send(&p, k.publish(word(2), me, B256::ZERO, word(8))).await,
+        "UnknownParent",
+    );
+    send(&p, k.publish(word(2), me, word(1), word(8)))
         .await
         .expect("fine-tune");
-    let other = env.as_(4);
     refused(
-        send(
-            &other,
-            other.contract().publish(word(2), B256::ZERO, word(1)),
-        )
-        .await,
+        send(&p, k.publish(word(2), me, word(1), word(8))).await,
         "AlreadyPublished",
     );
-    // A re-put by the same publisher only adds deals; anyone else, or another parent: refused.
+
+    // Squatting: another account records a root first (it saw the manifest), as a base of its
+    // own. The real publisher's put still records its own provenance, with its parent, and
+    // proposes its deals; each record names its own publisher and parent.
+    register(&env, 1).await;
+    let squatter = env.as_(4);
+    send(
+        &squatter,
+        squatter
+            .contract()
+            .publish(word(5), Address::ZERO, B256::ZERO, word(0x66)),
+    )
+    .await
+    .expect("the squatter records the root first");
     let price = alloy::primitives::Uint::<88, 2>::from(1u64);
-    let re = k.publishWithDeals(word(2), word(1), word(8), vec![], vec![], vec![], 1, price);
+    let put = k
+        .publishWithDeals(
+            provenance(word(5), Some((me, word(2))), ""),
+            vec![env.addr(1)],
+            vec![FixedBytes([3; 16])],
+            vec![1],
+            2,
+            price,
+        )
+        .value(U256::from(2u64));
+    let r = send(&p, put).await.expect("the real put");
+    let proposed = r
+        .decoded_log::<CairnStorage::DealProposed>()
+        .expect("a deal");
+    assert_eq!((proposed.publisher, proposed.checkpoint), (me, word(5)));
+    let lineage = p.lineage(me, word(5)).await.expect("lineage");
+    let steps: Vec<_> = lineage.iter().map(|r| (r.publisher, r.root)).collect();
+    assert_eq!(steps, [(me, word(5)), (me, word(2)), (me, word(1))]);
+    assert_eq!(lineage[0].parent, Some((me, word(2))));
+    assert_eq!(lineage[2].parent, None);
+    let theirs = p.lineage(env.addr(4), word(5)).await.expect("lineage");
+    assert_eq!(
+        theirs.len(),
+        1,
+        "the squatter's record is a base of its own"
+    );
+    assert_eq!(
+        (theirs[0].publisher, theirs[0].meta_hash),
+        (env.addr(4), word(0x66))
+    );
+    assert!(
+        p.record(env.addr(4), word(2))
+            .await
+            .expect("record")
+            .is_none()
+    );
+
+    // A re-put by the same publisher only adds deals; its own record with another parent is
+    // refused. Deals of anyone name whose record they store.
+    let re = k.publishWithDeals(
+        provenance(word(2), Some((me, word(1))), ""),
+        vec![],
+        vec![],
+        vec![],
+        1,
+        price,
+    );
     send(&p, re).await.expect("the publisher adds deals");
     let re = k.publishWithDeals(
-        word(2),
-        B256::ZERO,
-        word(8),
+        provenance(word(2), None, ""),
         vec![],
         vec![],
         vec![],
@@ -774,15 +863,152 @@ async fn provenance_is_append_only_with_known_parents() {
         price,
     );
     refused(send(&p, re).await, "AlreadyPublished");
-    let ok = other.contract();
-    let re = ok.publishWithDeals(word(2), word(1), word(8), vec![], vec![], vec![], 1, price);
-    refused(send(&other, re).await, "AlreadyPublished");
-    let r = p.record(word(2)).await.expect("record").expect("exists");
-    assert_eq!(
-        (r.publisher, r.parent, r.meta_hash),
-        (env.addr(3), Some(word(1)), word(8))
+    let sq = squatter.contract();
+    refused(
+        send(
+            &squatter,
+            sq.proposeDeal(
+                env.addr(1),
+                env.addr(4),
+                word(2),
+                FixedBytes([3; 16]),
+                1,
+                1,
+                price,
+            )
+            .value(U256::from(1u64)),
+        )
+        .await,
+        "UnknownCheckpoint",
     );
-    assert!(p.record(word(3)).await.expect("record").is_none());
+    send(
+        &squatter,
+        sq.proposeDeal(env.addr(1), me, word(2), FixedBytes([3; 16]), 1, 1, price)
+            .value(U256::from(1u64)),
+    )
+    .await
+    .expect("a deal for the publisher's record, by anyone");
+    env.check_accounting(&env.anvil.addresses()[..8]).await;
+}
+
+/// Names: `org/model` belongs to the org's first namer, revisions in order, read by anyone;
+/// the contract's rules and keys are the node's (`name_keys`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_point_at_a_history_of_the_org_owners_records() {
+    let env = Env::new().await;
+    let p = env.as_(3);
+    let k = p.contract();
+    let me = env.addr(3);
+    for w in 1..=2 {
+        send(&p, k.publish(word(w), Address::ZERO, B256::ZERO, word(0)))
+            .await
+            .expect("publish");
+    }
+    refused(
+        send(&p, k.setName("org/model".into(), word(9))).await,
+        "UnknownCheckpoint",
+    );
+    let too_long = format!("o/{}", "m".repeat(95));
+    for bad in [
+        "", "model", "/model", "org/", "org/a/b", "-org/m", "org./m", "org/m-", "org/.m",
+        "org/a--b", "org/a..b", "org/a b", "org/é", &too_long,
+    ] {
+        assert!(
+            provenance::name_keys(bad).is_err(),
+            "{bad:?} is refused by the node too"
+        );
+        refused(send(&p, k.setName(bad.into(), word(1))).await, "BadName");
+    }
+    let longest = format!("o/{}", "m".repeat(94));
+    send(&p, k.setName(longest.clone(), word(1)))
+        .await
+        .expect("96 bytes");
+
+    // The first name under an org claims it; the event keys are the node's.
+    let r = send(&p, k.setName("Org/Model".into(), word(1)))
+        .await
+        .expect("name");
+    let (org, key) = provenance::name_keys("Org/Model").expect("valid");
+    let claimed = r
+        .decoded_log::<CairnStorage::OrgClaimed>()
+        .expect("claimed");
+    assert_eq!((claimed.org, claimed.owner), (org, me));
+    let named = r.decoded_log::<CairnStorage::Named>().expect("named");
+    assert_eq!(
+        (named.name, named.root, named.revision, named.text.as_str()),
+        (key, word(1), U256::from(1u64), "Org/Model")
+    );
+    // The same root again adds nothing; a put naming the next root adds revision 2.
+    let r = send(&p, k.setName("org/model".into(), word(1)))
+        .await
+        .expect("same root");
+    assert!(r.decoded_log::<CairnStorage::Named>().is_none());
+    let price = alloy::primitives::Uint::<88, 2>::from(1u64);
+    let r = send(
+        &p,
+        k.publishWithDeals(
+            provenance(word(3), Some((me, word(1))), "org/MODEL"),
+            vec![],
+            vec![],
+            vec![],
+            1,
+            price,
+        ),
+    )
+    .await
+    .expect("a put with a name");
+    assert_eq!(
+        r.decoded_log::<CairnStorage::Named>()
+            .expect("named")
+            .revision,
+        U256::from(2u64)
+    );
+    send(&p, k.setName("org/other".into(), word(2)))
+        .await
+        .expect("another name of the org");
+
+    // Another account can neither name under the org nor add a revision to its names.
+    let other = env.as_(4);
+    let ok = other.contract();
+    send(
+        &other,
+        ok.publish(word(1), Address::ZERO, B256::ZERO, word(0)),
+    )
+    .await
+    .expect("its own record");
+    refused_naming(
+        send(&other, ok.setName("ORG/model".into(), word(1))).await,
+        "OrgTaken",
+        me.as_slice(),
+    );
+    send(&other, ok.setName("other-org/model".into(), word(1)))
+        .await
+        .expect("its own org");
+
+    // Anyone reads the history, in order, in pages.
+    let h = other.name_history("org/model", 10).await.expect("history");
+    assert_eq!(
+        (h.publisher, h.revisions, h.first, h.roots.clone()),
+        (Some(me), 2, 0, vec![word(1), word(3)])
+    );
+    let newest = other.name_history("org/model", 1).await.expect("history");
+    assert_eq!((newest.first, newest.roots), (1, vec![word(3)]));
+    let page = ok
+        .nameHistory("org/model".into(), U256::from(1u64), U256::from(5u64))
+        .call()
+        .await
+        .expect("page");
+    assert_eq!(page.roots, vec![word(3)]);
+    let none = other
+        .name_history("nobody/model", 10)
+        .await
+        .expect("history");
+    assert_eq!(none, provenance::NameHistory::default());
+    let unnamed = other
+        .name_history("org/unnamed", 10)
+        .await
+        .expect("history");
+    assert_eq!((unnamed.publisher, unnamed.revisions), (Some(me), 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -795,8 +1021,16 @@ async fn deals_need_a_published_checkpoint_payment_and_the_nodes_consent() {
     let c = tree.commitment();
     let price = alloy::primitives::Uint::<88, 2>::from(1000u64);
     let propose = |node: Address, root: B256, leaves: u64, epochs: u32, value: u64| {
-        k.proposeDeal(node, root, FixedBytes(c.root), leaves, epochs, price)
-            .value(U256::from(value))
+        k.proposeDeal(
+            node,
+            env.addr(5),
+            root,
+            FixedBytes(c.root),
+            leaves,
+            epochs,
+            price,
+        )
+        .value(U256::from(value))
     };
     refused(
         send(&cl, propose(env.addr(2), word(1), c.leaf_count, 3, 3000)).await,
@@ -806,7 +1040,7 @@ async fn deals_need_a_published_checkpoint_payment_and_the_nodes_consent() {
         send(&cl, propose(env.addr(1), word(1), c.leaf_count, 3, 3000)).await,
         "UnknownCheckpoint",
     );
-    send(&cl, k.publish(word(1), B256::ZERO, word(0)))
+    send(&cl, k.publish(word(1), Address::ZERO, B256::ZERO, word(0)))
         .await
         .expect("publish");
     refused(
@@ -1160,7 +1394,7 @@ async fn payments_cannot_be_reentered_and_a_refused_payment_reverts() {
         .await
         .expect("attacker");
     let k = c.contract();
-    send(&c, k.publish(word(1), B256::ZERO, word(0)))
+    send(&c, k.publish(word(1), Address::ZERO, B256::ZERO, word(0)))
         .await
         .expect("publish");
     register(&env, 1).await;
@@ -1170,6 +1404,7 @@ async fn payments_cannot_be_reentered_and_a_refused_payment_reverts() {
     // The attacker proposes a deal and cancels it: 1000 wei credited to it.
     let propose = CairnStorage::proposeDealCall {
         node: env.addr(1),
+        publisher: env.addr(2),
         checkpoint: word(1),
         commitment: FixedBytes(cm.root),
         leafCount: cm.leaf_count,
@@ -1258,7 +1493,7 @@ async fn accounting_holds_after_random_operations() {
             3 => send(&c, k.withdrawUnbonded()).await.map(|_| ()),
             4 => {
                 let root = word(1 + next(4) as u8);
-                let _ = send(&c, k.publish(root, B256::ZERO, word(0))).await;
+                let _ = send(&c, k.publish(root, Address::ZERO, B256::ZERO, word(0))).await;
                 let t = next(3) as usize;
                 let node = 1 + next(7) as usize;
                 let cm = trees[t].1.commitment();
@@ -1269,6 +1504,7 @@ async fn accounting_holds_after_random_operations() {
                     &c,
                     k.proposeDeal(
                         accounts[node],
+                        accounts[who],
                         root,
                         FixedBytes(cm.root),
                         cm.leaf_count,
@@ -1352,6 +1588,7 @@ fn every_custom_error_is_tested() {
         "AlreadyPublished",
         "AlreadyRegistered",
         "AlreadySlashed",
+        "BadName",
         "BadParameters",
         "BadProof",
         "DealNotActive",
@@ -1368,6 +1605,7 @@ fn every_custom_error_is_tested() {
         "NotDealNode",
         "NotRegistered",
         "NothingToWithdraw",
+        "OrgTaken",
         "OutsideProofWindow",
         "PeerMismatch",
         "PeerTaken",
@@ -1576,9 +1814,7 @@ async fn samples_follow_the_bytes_and_ended_deals_leave_the_draw() {
         send(
             &n,
             k.publishWithDeals(
-                word(2),
-                B256::ZERO,
-                word(0xee),
+                provenance(word(2), None, ""),
                 vec![env.addr(1); BATCH],
                 vec![FixedBytes([3; 16]); BATCH],
                 vec![1; BATCH],

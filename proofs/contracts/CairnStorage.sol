@@ -79,11 +79,31 @@ contract CairnStorage {
     /// Low bits of a draw tree position: the deal id at that position (the sum is above).
     uint256 internal constant ID_BITS = 64;
 
+    /// A publisher's record of a checkpoint. The parent is a record too: (parentPublisher,
+    /// parent), so a lineage names who published every step and nobody else's record of the
+    /// same root can stand in for it.
     struct Record {
-        address publisher;
-        uint64 blockNumber;
+        uint64 blockNumber; // the block it was recorded in; 0: no record
+        address parentPublisher; // zero for a base checkpoint
         bytes32 parent;
         bytes32 metaHash;
+    }
+
+    /// Longest name, in bytes (`org/model`).
+    uint256 public constant MAX_NAME_BYTES = 96;
+    /// Bytes allowed in a name, as a bit set: ASCII letters, digits, '_', '-', '.' and '/'.
+    uint256 internal constant NAME_CHARS = 0x7fffffe87fffffe03ffe00000000000;
+    /// '-' and '.': neither first nor last in a segment, nor doubled.
+    uint256 internal constant EDGE_CHARS = (1 << 0x2d) | (1 << 0x2e);
+    uint256 internal constant SLASH = 0x2f;
+
+    /// What a put records: the caller's record of `root` and, unless empty, a name for it.
+    struct Provenance {
+        bytes32 root;
+        address parentPublisher;
+        bytes32 parent;
+        bytes32 metaHash;
+        string name;
     }
 
     mapping(address => Node) public nodes;
@@ -94,7 +114,15 @@ contract CairnStorage {
     mapping(address => mapping(uint256 => uint256)) internal drawTree;
     mapping(uint256 => Deal) public deals;
     uint256 public dealCount;
-    mapping(bytes32 => Record) public records;
+    /// Provenance, per publisher: records[publisher][root]. Anyone may record any root; a
+    /// record of someone else never blocks or renames a publisher's own.
+    mapping(address => mapping(bytes32 => Record)) public records;
+    /// The account that owns an org (keccak256 of the org in lower case): the first to name a
+    /// checkpoint under it.
+    mapping(bytes32 => address) public orgOwner;
+    /// Per publisher and name (keccak256 of the name in lower case), the roots it pointed at,
+    /// oldest first.
+    mapping(address => mapping(bytes32 => bytes32[])) internal nameRoots;
     mapping(address => uint256) public owed;
     /// The peer word an account registered with (zero if it never did); kept after `exit`.
     mapping(address => bytes32) public peerOf;
@@ -117,11 +145,16 @@ contract CairnStorage {
     event WithdrawalRequested(address indexed node, uint256 amount, uint64 availableEpoch);
     event StakeWithdrawn(address indexed node, uint256 amount);
     event NodeExited(address indexed node);
-    event Published(bytes32 indexed root, bytes32 indexed parent, address indexed publisher, bytes32 metaHash);
+    event Published(
+        address indexed publisher, bytes32 indexed root, bytes32 indexed parent, address parentPublisher, bytes32 metaHash
+    );
+    event OrgClaimed(bytes32 indexed org, address indexed owner);
+    event Named(address indexed publisher, bytes32 indexed name, bytes32 indexed root, uint256 revision, string text);
     event DealProposed(
         uint256 indexed id,
         address indexed client,
         address indexed node,
+        address publisher,
         bytes32 checkpoint,
         bytes16 commitment,
         uint64 leafCount,
@@ -152,6 +185,8 @@ contract CairnStorage {
     error AlreadyPublished();
     error UnknownParent();
     error UnknownCheckpoint();
+    error BadName();
+    error OrgTaken(address owner);
     error InvalidDeal();
     error WrongPayment(uint256 expected);
     error UnknownDeal();
@@ -322,34 +357,112 @@ contract CairnStorage {
     }
 
     // ---------------------------------------------------------------- provenance
-    /// Record a checkpoint (the 32-byte BLAKE3 digest of its root CID), its parent (zero for
-    /// a base checkpoint) and a metadata hash. Records are append-only.
-    function publish(bytes32 root, bytes32 parent, bytes32 metaHash) external {
-        _publish(root, parent, metaHash);
+    /// Record a checkpoint (the 32-byte BLAKE3 digest of its root CID) as the caller's, with
+    /// its parent (`parentPublisher`'s record of `parent`; both zero for a base checkpoint)
+    /// and a metadata hash. Records are append-only; each publisher has its own.
+    function publish(bytes32 root, address parentPublisher, bytes32 parent, bytes32 metaHash) external {
+        _publish(root, parentPublisher, parent, metaHash);
     }
 
     /// Publish, or accept that the caller already published `root` with this parent (a re-put
-    /// adds deals); a record of anyone else is refused.
-    function _publishOrOwn(bytes32 root, bytes32 parent, bytes32 metaHash) internal {
-        Record storage r = records[root];
-        if (r.publisher == address(0)) _publish(root, parent, metaHash);
-        else if (r.publisher != msg.sender || r.parent != parent) revert AlreadyPublished();
+    /// adds deals); the caller's record with another parent is refused.
+    function _publishOrOwn(bytes32 root, address parentPublisher, bytes32 parent, bytes32 metaHash) internal {
+        Record storage r = records[msg.sender][root];
+        if (r.blockNumber == 0) _publish(root, parentPublisher, parent, metaHash);
+        else if (r.parent != parent || r.parentPublisher != parentPublisher) revert AlreadyPublished();
     }
 
-    function _publish(bytes32 root, bytes32 parent, bytes32 metaHash) internal {
+    function _publish(bytes32 root, address parentPublisher, bytes32 parent, bytes32 metaHash) internal {
         if (root == bytes32(0)) revert ZeroRoot();
-        if (records[root].publisher != address(0)) revert AlreadyPublished();
-        if (parent != bytes32(0) && records[parent].publisher == address(0)) revert UnknownParent();
-        records[root] = Record(msg.sender, uint64(block.number), parent, metaHash);
-        emit Published(root, parent, msg.sender, metaHash);
+        if (records[msg.sender][root].blockNumber != 0) revert AlreadyPublished();
+        if ((parent == bytes32(0)) != (parentPublisher == address(0))) revert UnknownParent();
+        if (parent != bytes32(0) && records[parentPublisher][parent].blockNumber == 0) revert UnknownParent();
+        records[msg.sender][root] = Record(uint64(block.number), parentPublisher, parent, metaHash);
+        emit Published(msg.sender, root, parent, parentPublisher, metaHash);
     }
 
-    /// Publish a checkpoint and propose one deal per storing node in one transaction (what a
-    /// put does); if the caller already published it with this parent, only the deals. `msg.value` pays every deal: nodes.length * epochs * pricePerEpoch.
+    /// Point the caller's name `org/model` at its record of `root`, as the name's next
+    /// revision. The first publisher to name anything under an org owns the org; names under
+    /// it are refused to anyone else (`OrgTaken`). Orgs and names are compared in lower case.
+    function setName(string calldata name, bytes32 root) external {
+        if (records[msg.sender][root].blockNumber == 0) revert UnknownCheckpoint();
+        _name(name, root);
+    }
+
+    /// The owner of `name`'s org (zero: nobody named anything under it), how many revisions
+    /// its `name` has, and the roots it pointed at, oldest first, from revision `from`
+    /// (0-based), at most `max` of them.
+    function nameHistory(string calldata name, uint256 from, uint256 max)
+        external
+        view
+        returns (address publisher, uint256 revisions, bytes32[] memory roots)
+    {
+        (bytes32 org, bytes32 key) = _nameKeys(name);
+        publisher = orgOwner[org];
+        bytes32[] storage all = nameRoots[publisher][key];
+        revisions = all.length;
+        uint256 n = from >= revisions ? 0 : revisions - from;
+        if (n > max) n = max;
+        roots = new bytes32[](n);
+        for (uint256 i = 0; i < n; i++) {
+            roots[i] = all[from + i];
+        }
+    }
+
+    function _name(string calldata name, bytes32 root) internal {
+        (bytes32 org, bytes32 key) = _nameKeys(name);
+        address owner = orgOwner[org];
+        if (owner == address(0)) {
+            orgOwner[org] = msg.sender;
+            emit OrgClaimed(org, msg.sender);
+        } else if (owner != msg.sender) {
+            revert OrgTaken(owner);
+        }
+        bytes32[] storage roots = nameRoots[msg.sender][key];
+        // Naming the root the name already points at (a re-put) adds no revision.
+        if (roots.length != 0 && roots[roots.length - 1] == root) return;
+        roots.push(root);
+        emit Named(msg.sender, key, root, roots.length, name);
+    }
+
+    /// Check `org/model` (the rules of proofs/PROOFS.md: 1 to 96 bytes, two segments of ASCII
+    /// letters, digits, '-', '_' and '.', neither starting nor ending with '-' or '.', no
+    /// "--" or "..") and return the keccak256 of its org and of itself, in lower case.
+    function _nameKeys(string calldata name) internal pure returns (bytes32 org, bytes32 key) {
+        bytes calldata b = bytes(name);
+        if (b.length == 0 || b.length > MAX_NAME_BYTES) revert BadName();
+        bytes memory lower = new bytes(b.length);
+        uint256 slash = 0; // position of the '/', 0 until seen
+        uint256 prev = SLASH;
+        for (uint256 i = 0; i < b.length; i++) {
+            uint256 c = uint8(b[i]);
+            if ((NAME_CHARS >> c) & 1 == 0) revert BadName();
+            if (c == SLASH) {
+                // One slash, after a segment that does not end in '-' or '.'.
+                if (slash != 0 || i == 0 || (EDGE_CHARS >> prev) & 1 != 0) revert BadName();
+                slash = i;
+            } else if ((EDGE_CHARS >> c) & 1 != 0) {
+                // Not first in a segment, not doubled.
+                if (prev == SLASH || prev == c) revert BadName();
+            } else if (c >= 0x41 && c <= 0x5a) {
+                c += 0x20; // 'A'..'Z' to lower case
+            }
+            lower[i] = bytes1(uint8(c));
+            prev = c;
+        }
+        if (slash == 0 || prev == SLASH || (EDGE_CHARS >> prev) & 1 != 0) revert BadName();
+        key = keccak256(lower);
+        assembly ("memory-safe") {
+            org := keccak256(add(lower, 32), slash)
+        }
+    }
+
+    /// Publish a checkpoint, name it (unless `name` is empty) and propose one deal per storing
+    /// node in one transaction (what a put does); if the caller already published it with
+    /// this parent, only the name and the deals. `msg.value` pays every deal:
+    /// nodes.length * epochs * pricePerEpoch.
     function publishWithDeals(
-        bytes32 root,
-        bytes32 parent,
-        bytes32 metaHash,
+        Provenance calldata p,
         address[] calldata nodes_,
         bytes16[] calldata commitments,
         uint64[] calldata leafCounts,
@@ -357,20 +470,22 @@ contract CairnStorage {
         uint88 pricePerEpoch
     ) external payable returns (uint256 firstId) {
         if (nodes_.length != commitments.length || nodes_.length != leafCounts.length) revert InvalidDeal();
-        _publishOrOwn(root, parent, metaHash);
+        _publishOrOwn(p.root, p.parentPublisher, p.parent, p.metaHash);
+        if (bytes(p.name).length != 0) _name(p.name, p.root);
         uint256 total = nodes_.length * uint256(epochs) * pricePerEpoch;
         if (msg.value != total) revert WrongPayment(total);
         firstId = dealCount + 1;
         for (uint256 i = 0; i < nodes_.length; i++) {
-            _propose(nodes_[i], root, commitments[i], leafCounts[i], epochs, pricePerEpoch);
+            _propose(nodes_[i], msg.sender, p.root, commitments[i], leafCounts[i], epochs, pricePerEpoch);
         }
     }
 
     // ---------------------------------------------------------------- deals
     /// Escrow `epochs * pricePerEpoch` for `node` to hold the data committed to by
-    /// `commitment` (tree root over `leafCount` 128-byte leaves) of a published checkpoint.
+    /// `commitment` (tree root over `leafCount` 128-byte leaves) of `publisher`'s checkpoint.
     function proposeDeal(
         address node,
+        address publisher,
         bytes32 checkpoint,
         bytes16 commitment,
         uint64 leafCount,
@@ -379,11 +494,12 @@ contract CairnStorage {
     ) external payable returns (uint256 id) {
         uint256 total = uint256(epochs) * pricePerEpoch;
         if (msg.value != total) revert WrongPayment(total);
-        id = _propose(node, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
+        id = _propose(node, publisher, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
     }
 
     function _propose(
         address node,
+        address publisher,
         bytes32 checkpoint,
         bytes16 commitment,
         uint64 leafCount,
@@ -391,14 +507,14 @@ contract CairnStorage {
         uint88 pricePerEpoch
     ) internal returns (uint256 id) {
         if (!nodes[node].registered) revert NotRegistered();
-        if (records[checkpoint].publisher == address(0)) revert UnknownCheckpoint();
+        if (records[publisher][checkpoint].blockNumber == 0) revert UnknownCheckpoint();
         if (leafCount == 0 || leafCount > MAX_LEAVES || epochs == 0 || pricePerEpoch == 0) revert InvalidDeal();
         id = ++dealCount;
         deals[id] = Deal(
             commitment, uint48(leafCount), 0, epochs, DRAWN_AS_RUN, node, 0, 0, msg.sender, PROPOSED, pricePerEpoch, checkpoint
         );
         totalEscrow += uint256(epochs) * pricePerEpoch;
-        emit DealProposed(id, msg.sender, node, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
+        emit DealProposed(id, msg.sender, node, publisher, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
     }
 
     /// The client takes back a deal the node has not accepted.

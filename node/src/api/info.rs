@@ -1,18 +1,10 @@
-//! Reads about checkpoints and the node: status, listings, manifests, shard and stripe health, lineage.
+//! Reads about checkpoints and the node: status, listings, manifests, shard and stripe health, wallet.
 
 use super::*;
-/// One provenance record, as the lineage route answers it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LineageEntry {
-    pub root: String,
-    pub publisher: String,
-    pub parent: Option<String>,
-    pub meta_hash: String,
-    pub block: u64,
-}
-
 /// The node's chain client, or 503 when it runs without a chain.
-fn chain_of<B: Backend>(s: &AppState<B>) -> Result<&crate::chain::publish::Publisher, ApiError> {
+pub(super) fn chain_of<B: Backend>(
+    s: &AppState<B>,
+) -> Result<&crate::chain::publish::Publisher, ApiError> {
     s.publisher.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -20,37 +12,6 @@ fn chain_of<B: Backend>(s: &AppState<B>) -> Result<&crate::chain::publish::Publi
             "this node is not connected to a chain (chain.rpc_url is empty)",
         )
     })
-}
-
-/// The checkpoint's provenance from chain: itself, its parent, ... back to its base.
-pub(super) async fn lineage<B: Backend>(
-    State(s): State<AppState<B>>,
-    Path(cid): Path<String>,
-) -> Result<Json<Vec<LineageEntry>>, ApiError> {
-    let root = root_of(&cid)?;
-    let records = chain_of(&s)?
-        .lineage(&root)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string()))?;
-    if records.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{root} has no provenance record on chain"),
-        ));
-    }
-    Ok(Json(
-        records
-            .into_iter()
-            .map(|r| LineageEntry {
-                root: crate::chain::word_root(&r.root).to_string(),
-                publisher: r.publisher.to_string(),
-                parent: r.parent.map(|p| crate::chain::word_root(&p).to_string()),
-                meta_hash: r.meta_hash.to_string(),
-                block: r.block,
-            })
-            .collect(),
-    ))
 }
 
 /// The node's account on chain: stake, credits, deals and escrow.

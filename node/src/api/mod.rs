@@ -33,13 +33,14 @@ mod health;
 pub mod hf;
 mod info;
 pub mod names;
+mod provenance;
 mod read;
 pub mod routes;
 pub mod tensors;
 mod uploads;
 mod write;
 
-pub use info::LineageEntry;
+pub use provenance::{LineageEntry, NameLog};
 pub use uploads::{UploadLocks, UploadStatus};
 pub use write::{PutAnswer, PutQuery};
 

@@ -61,7 +61,7 @@ pub fn table<B: Backend>() -> Table<B> {
     .add(
         "/v1/checkpoints/{cid}/lineage",
         &["GET"],
-        get(info::lineage::<B>),
+        get(provenance::lineage::<B>),
     )
     .add("/v1/shards/{cid}", &["GET"], get(info::shard_status::<B>))
     .add("/v1/uploads/{key}", &["GET"], get(uploads::show::<B>))
@@ -74,6 +74,11 @@ pub fn table<B: Backend>() -> Table<B> {
         "/v1/manifests",
         &["POST"],
         post(write::import_manifest::<B>).layer(DefaultBodyLimit::max(MAX_MANIFEST_LEN)),
+    )
+    .add(
+        "/v1/chain/names/{*name}",
+        &["GET"],
+        get(provenance::name_log::<B>),
     )
     .add("/v1/names", &["GET"], get(names::list::<B>))
     .add(

@@ -13,6 +13,9 @@ pub struct PutQuery {
     stripe_size: Option<u64>,
     /// Root CID of the checkpoint this one derives from (recorded on chain).
     parent: Option<String>,
+    /// Whose record of `parent` this one derives from (an account, 0x...; default: this
+    /// node's, which publishes its puts).
+    parent_publisher: Option<String>,
     /// Also point this name (`org/model`) of the node's name table at the new root.
     tag: Option<String>,
     /// Make the put resumable under this key (64 hex digits, chosen by the client from what
@@ -71,6 +74,16 @@ pub(super) async fn put_checkpoint<B: Backend>(
         Some(p) => Some(root_of(p)?),
         None => None,
     };
+    let parent_publisher = match &q.parent_publisher {
+        Some(a) => Some(a.parse::<alloy::primitives::Address>().map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_params",
+                format!("parent_publisher {a:?} is not an account (0x and 40 hex digits): {e}"),
+            )
+        })?),
+        None => None,
+    };
     // A bad name is refused before any byte is read, not after the upload.
     if let Some(t) = &q.tag {
         cairn_storage::check_name(t)?;
@@ -113,6 +126,7 @@ pub(super) async fn put_checkpoint<B: Backend>(
     let checked = CheckedPut {
         layout,
         parent,
+        parent_publisher,
         path,
         name,
         resumable,
@@ -128,6 +142,7 @@ pub(super) async fn put_checkpoint<B: Backend>(
 struct CheckedPut {
     layout: Layout,
     parent: Option<Cid>,
+    parent_publisher: Option<alloy::primitives::Address>,
     /// The single file's name (`None`: a tar archive).
     path: Option<String>,
     /// Recorded with the pin.
@@ -147,6 +162,7 @@ async fn run_put<B: Backend>(
     let CheckedPut {
         layout,
         parent,
+        parent_publisher,
         path,
         name,
         resumable,
@@ -258,9 +274,19 @@ async fn run_put<B: Backend>(
                 .clone()
                 .or_else(|| q.path.clone())
                 .unwrap_or_default();
+            let me = crate::chain::ProofChain::me(&p.chain);
+            let parent = parent.as_ref().map(|c| (parent_publisher.unwrap_or(me), c));
             Some(
-                p.publish(net, &root, parent.as_ref(), &name, commitments, own)
-                    .await,
+                p.publish(
+                    net,
+                    &root,
+                    parent,
+                    &name,
+                    q.tag.as_deref(),
+                    commitments,
+                    own,
+                )
+                .await,
             )
         }
         None => None,

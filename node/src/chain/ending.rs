@@ -152,7 +152,7 @@ impl Chain {
                         continue;
                     }
                     // The node accepted it meanwhile: terminate it instead.
-                    Err(e) if e.reason().is_some_and(|r| r.starts_with("DealNotProposed")) => {
+                    Err(e) if e.refused_with::<CairnStorage::DealNotProposed>() => {
                         state = self.deal(d.id).await?.state;
                     }
                     Err(e) => return Err(e),
@@ -167,7 +167,7 @@ impl Chain {
                 {
                     Ok(_) => out.terminated.push(d.id),
                     // Its last epoch is settled already: nothing left to cut.
-                    Err(e) if e.reason().is_some_and(|r| r.starts_with("DealNotActive")) => {}
+                    Err(e) if e.refused_with::<CairnStorage::DealNotActive>() => {}
                     Err(e) => return Err(e),
                 }
             }

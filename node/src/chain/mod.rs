@@ -5,6 +5,7 @@
 pub mod deals;
 pub mod ending;
 pub mod payout;
+pub mod provenance;
 pub mod prover;
 pub mod publish;
 pub mod registry;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use alloy::contract::SolCallBuilder;
 use alloy::network::EthereumWallet;
-use alloy::primitives::{Address, B256, FixedBytes, U256};
+use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{Filter, TransactionReceipt};
 use alloy::signers::local::PrivateKeySigner;
@@ -55,7 +56,12 @@ pub enum ChainError {
     #[error("invalid chain configuration: {0}")]
     Config(String),
     #[error("{call}: the contract refused: {reason}")]
-    Reverted { call: &'static str, reason: String },
+    Reverted {
+        call: &'static str,
+        reason: String,
+        /// Selector of the contract's custom error, when it was one.
+        selector: Option<[u8; 4]>,
+    },
     #[error("{call}: rpc failed: {reason}")]
     Rpc { call: &'static str, reason: String },
     #[error("{call}: no receipt within {} s", RECEIPT_TIMEOUT.as_secs())]
@@ -72,6 +78,11 @@ impl ChainError {
             _ => None,
         }
     }
+
+    /// Whether the contract refused with the custom error `E`.
+    pub fn refused_with<E: alloy::sol_types::SolError>(&self) -> bool {
+        matches!(self, ChainError::Reverted { selector: Some(s), .. } if *s == E::SELECTOR)
+    }
 }
 
 /// A contract call's error, with the custom error decoded when there is one.
@@ -80,6 +91,7 @@ pub fn from_contract(call: &'static str, e: alloy::contract::Error) -> ChainErro
         return ChainError::Reverted {
             call,
             reason: format!("{decoded:?}"),
+            selector: Some(alloy::sol_types::SolInterface::selector(&decoded)),
         };
     }
     if let alloy::contract::Error::TransportError(t) = &e
@@ -89,6 +101,7 @@ pub fn from_contract(call: &'static str, e: alloy::contract::Error) -> ChainErro
         return ChainError::Reverted {
             call,
             reason: payload.message.to_string(),
+            selector: None,
         };
     }
     ChainError::Rpc {
@@ -547,47 +560,6 @@ impl Chain {
             .map_err(|e| from_contract("genesisBlock", e))
     }
 
-    /// Record `root` (unless this account already did, with this parent) and propose a deal
-    /// to each of `targets` in one transaction; returns whether the record was written now
-    /// and the deal ids, in the order of `targets`.
-    pub async fn publish_with_deals(
-        &self,
-        root: &Cid,
-        parent: Option<&Cid>,
-        meta: B256,
-        targets: &[(Address, cairn_proofs::Commitment)],
-        epochs: u32,
-        price: U256,
-    ) -> Result<(bool, Vec<u64>), ChainError> {
-        let price88 = alloy::primitives::Uint::<88, 2>::checked_from_limbs_slice(price.as_limbs())
-            .ok_or_else(|| ChainError::Config(format!("deal price {price} wei is too large")))?;
-        let parent = parent.map(root_word).unwrap_or_default();
-        let b = self
-            .contract
-            .publishWithDeals(
-                root_word(root),
-                parent,
-                meta,
-                targets.iter().map(|t| t.0).collect(),
-                targets.iter().map(|t| FixedBytes(t.1.root)).collect(),
-                targets.iter().map(|t| t.1.leaf_count).collect(),
-                epochs,
-                price88,
-            )
-            .value(price * U256::from(epochs) * U256::from(targets.len()));
-        let receipt = self.send("publishWithDeals", b).await?;
-        let logs = receipt.inner.logs();
-        let published = logs
-            .iter()
-            .any(|l| l.log_decode::<CairnStorage::Published>().is_ok());
-        let ids = logs
-            .iter()
-            .filter_map(|l| l.log_decode::<CairnStorage::DealProposed>().ok())
-            .map(|l| l.inner.data.id.saturating_to::<u64>())
-            .collect();
-        Ok((published, ids))
-    }
-
     /// Whether `node` is registered.
     pub async fn is_registered(&self, node: Address) -> Result<bool, ChainError> {
         let n = self
@@ -597,26 +569,6 @@ impl Chain {
             .await
             .map_err(|e| from_contract("nodes", e))?;
         Ok(n.registered)
-    }
-
-    /// The provenance record of `root`: (publisher, parent word, metadata hash, block).
-    pub async fn record(&self, root: B256) -> Result<Option<Record>, ChainError> {
-        let r = self
-            .contract
-            .records(root)
-            .call()
-            .await
-            .map_err(|e| from_contract("records", e))?;
-        if r.publisher == Address::ZERO {
-            return Ok(None);
-        }
-        Ok(Some(Record {
-            root,
-            publisher: r.publisher,
-            parent: (r.parent != B256::ZERO).then_some(r.parent),
-            meta_hash: r.metaHash,
-            block: r.blockNumber,
-        }))
     }
 
     /// Wei staked (bonded, unbonding) and owed to `who`.
@@ -635,16 +587,6 @@ impl Chain {
             .map_err(|e| from_contract("owed", e))?;
         Ok((n.stake, n.unbonding, owed))
     }
-}
-
-/// A provenance record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub root: B256,
-    pub publisher: Address,
-    pub parent: Option<B256>,
-    pub meta_hash: B256,
-    pub block: u64,
 }
 
 /// Constructor arguments of the contract.

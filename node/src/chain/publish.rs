@@ -9,7 +9,8 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Chain, ChainError, Record};
+use super::provenance::{Provenance, name_keys};
+use super::{CairnStorage, Chain};
 use crate::net::Network;
 
 /// What a put through this node does on chain.
@@ -28,6 +29,10 @@ pub struct ChainReport {
     /// The provenance record was written by this put (false when this node had recorded it
     /// before: a re-put only adds deals).
     pub published: bool,
+    /// The name's revision this put wrote on chain (none when the put named nothing on
+    /// chain, or the name already pointed at this root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_revision: Option<u64>,
     /// Deals proposed: (node account, deal id).
     pub deals: Vec<(String, u64)>,
     /// Storing nodes no deal could be made with, and why.
@@ -37,14 +42,17 @@ pub struct ChainReport {
 }
 
 impl Publisher {
-    /// Record `root` (child of `parent`) and propose a deal to each storing node. The data is
-    /// stored already; failures are reported, not fatal.
+    /// Record `root` as this account's (child of `parent`, as recorded by its publisher),
+    /// point `chain_name` at it, and propose a deal to each storing node. The data is stored
+    /// already; failures are reported, not fatal.
+    #[allow(clippy::too_many_arguments)]
     pub async fn publish(
         &self,
         net: Option<(&Network, &crate::net::Membership)>,
         root: &Cid,
-        parent: Option<&Cid>,
-        name: &str,
+        parent: Option<(Address, &Cid)>,
+        meta_name: &str,
+        chain_name: Option<&str>,
         commitments: HashMap<PeerId, Commitment>,
         own: Result<Option<Commitment>, String>,
     ) -> ChainReport {
@@ -53,7 +61,17 @@ impl Publisher {
             report.skipped.push(format!("this node: {e}"));
             None
         });
-        let meta = B256::from(*blake3::hash(name.as_bytes()).as_bytes());
+        let meta = B256::from(*blake3::hash(meta_name.as_bytes()).as_bytes());
+        // A name the contract would refuse is left out rather than failing the deals.
+        let chain_name = chain_name.filter(|n| match name_keys(n) {
+            Ok(_) => true,
+            Err(e) => {
+                report
+                    .skipped
+                    .push(format!("name {n:?} not recorded on chain: {e}"));
+                false
+            }
+        });
         let mut targets: Vec<(Address, Commitment)> = Vec::new();
         if let Some(c) = own {
             targets.push((super::ProofChain::me(&self.chain), c));
@@ -87,56 +105,49 @@ impl Publisher {
                 Err(e) => report.skipped.push(format!("{node}: {e}")),
             }
         }
+        let provenance = Provenance {
+            root,
+            parent,
+            meta,
+            name: chain_name,
+        };
         match self
             .chain
-            .publish_with_deals(
-                root,
-                parent,
-                meta,
-                &registered,
-                self.deal_epochs,
-                self.deal_price,
-            )
+            .publish_with_deals(provenance, &registered, self.deal_epochs, self.deal_price)
             .await
         {
-            Ok((published, ids)) => {
-                report.published = published;
-                for ((node, c), id) in registered.iter().zip(ids) {
+            Ok(done) => {
+                report.published = done.recorded;
+                report.name_revision = done.revision;
+                for ((node, c), id) in registered.iter().zip(done.deals) {
                     info!(%root, %node, deal = id, leaves = c.leaf_count, "deal proposed");
                     report.deals.push((node.to_string(), id));
                 }
             }
-            Err(e)
-                if e.reason()
-                    .is_some_and(|r| r.starts_with("AlreadyPublished")) =>
-            {
-                let why = "the checkpoint is recorded on chain by another publisher (or with \
-                           another parent); no deals made";
-                warn!(%root, "{why}");
-                report.error = Some(why.into());
-            }
             Err(e) => {
-                warn!(%root, error = %e, "cannot record the checkpoint and its deals on chain");
-                report.error = Some(e.to_string());
+                let why = if e.refused_with::<CairnStorage::AlreadyPublished>() {
+                    "this node recorded the checkpoint before with another parent; no deals made"
+                        .to_owned()
+                } else if e.refused_with::<CairnStorage::UnknownParent>() {
+                    match parent {
+                        Some((who, p)) => {
+                            format!("{who} has no record of the parent {p}; no deals made")
+                        }
+                        None => "the parent is unknown; no deals made".to_owned(),
+                    }
+                } else if e.refused_with::<CairnStorage::OrgTaken>() {
+                    format!(
+                        "the org of {:?} belongs to another publisher ({}); no deals made",
+                        chain_name.unwrap_or_default(),
+                        e.reason().unwrap_or_default()
+                    )
+                } else {
+                    e.to_string()
+                };
+                warn!(%root, error = %why, "cannot record the checkpoint and its deals on chain");
+                report.error = Some(why);
             }
         }
         report
-    }
-
-    /// The lineage of `root`: its record, its parent's, ... back to a base checkpoint.
-    pub async fn lineage(&self, root: &Cid) -> Result<Vec<Record>, ChainError> {
-        let mut out = Vec::new();
-        let mut next = Some(super::root_word(root));
-        while let Some(w) = next {
-            let Some(r) = self.chain.record(w).await? else {
-                break;
-            };
-            next = r.parent;
-            out.push(r);
-            if out.len() > 10_000 {
-                break; // records are append-only with known parents: no cycles; a bound anyway
-            }
-        }
-        Ok(out)
     }
 }

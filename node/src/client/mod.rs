@@ -84,6 +84,8 @@ pub struct PutOptions {
     pub stripe_size: Option<u64>,
     /// Root CID of the checkpoint this one derives from.
     pub parent: Option<String>,
+    /// Whose record of `parent` (an account; default: the node's own).
+    pub parent_publisher: Option<String>,
     /// Point this name (`org/model`) of the node's name table at the new root.
     pub tag: Option<String>,
 }
@@ -502,10 +504,24 @@ impl Client {
     }
 
     /// GET a JSON endpoint.
-    /// A checkpoint's lineage from chain, newest first.
-    pub async fn lineage(&self, cid: &str) -> Result<Vec<crate::api::LineageEntry>, ClientError> {
-        let v = self.json(&format!("/v1/checkpoints/{cid}/lineage")).await?;
+    /// A publisher's lineage of a checkpoint from chain, newest first (default publisher:
+    /// the node's account).
+    pub async fn lineage(
+        &self,
+        cid: &str,
+        publisher: Option<&str>,
+    ) -> Result<Vec<crate::api::LineageEntry>, ClientError> {
+        let query = publisher.map_or(String::new(), |p| format!("?publisher={p}"));
+        let v = self
+            .json(&format!("/v1/checkpoints/{cid}/lineage{query}"))
+            .await?;
         serde_json::from_value(v).map_err(|e| ClientError::Invalid(format!("lineage answer: {e}")))
+    }
+
+    /// A name's revisions on chain, newest first.
+    pub async fn chain_name(&self, name: &str) -> Result<crate::api::NameLog, ClientError> {
+        let v = self.json(&format!("/v1/chain/names/{name}")).await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Invalid(format!("name answer: {e}")))
     }
 
     /// The node's account on chain (`GET /v1/wallet`).

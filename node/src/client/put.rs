@@ -130,7 +130,7 @@ pub fn upload_key(files: &[(String, u64, u128)], opts: &PutOptions, single: bool
     opt(&mut h, opts.k.map(u64::from));
     opt(&mut h, opts.m.map(u64::from));
     opt(&mut h, opts.stripe_size);
-    for s in [&opts.name, &opts.parent, &opts.tag] {
+    for s in [&opts.name, &opts.parent, &opts.tag, &opts.parent_publisher] {
         let s = s.as_deref().unwrap_or("\0none");
         h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
@@ -174,6 +174,9 @@ impl Client {
         }
         if let Some(p) = &opts.parent {
             query.push(("parent", p.clone()));
+        }
+        if let Some(p) = &opts.parent_publisher {
+            query.push(("parent_publisher", p.clone()));
         }
         if let Some(s) = opts.stripe_size {
             query.push(("stripe_size", s.to_string()));

@@ -21,6 +21,7 @@ mod intake;
 
 use super::deals::{DealDataError, HeldData};
 use super::{ChainError, DealInfo, Params, ProofChain};
+use crate::chain::CairnStorage;
 use crate::metrics::ProofMetrics;
 use crate::worker::{Step, Worker, next_round};
 
@@ -318,7 +319,7 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
                 debug!(epoch, samples = count, gas, "epoch proven");
                 Ok(())
             }
-            Err(e) if e.reason().is_some_and(|r| r.starts_with("AlreadyProven")) => {
+            Err(e) if e.refused_with::<CairnStorage::AlreadyProven>() => {
                 self.done_epoch = Some(epoch);
                 Ok(())
             }
