@@ -79,6 +79,8 @@ async fn measure(hardfork: Option<&str>, cases: &[(usize, u64)]) -> Vec<Row> {
             slash_amount: eth / U256::from(10u64),
             reward_bps: 5000,
             samples: SAMPLES,
+            min_escrow: U256::from(1000u64),
+            proposal_epochs: 30,
         },
     )
     .await

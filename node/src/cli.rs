@@ -83,8 +83,10 @@ pub enum Command {
     Deploy {
         #[arg(long, env = "CAIRN_RPC_URL")]
         rpc_url: String,
-        /// Minimum stake of a node, in gwei.
-        #[arg(long, default_value_t = 1_000_000_000)]
+        /// Minimum stake of a node, in gwei. A node slashed below it is out until it tops up;
+        /// the default is half of what a node stakes by default (`chain.stake_gwei`), so a
+        /// node at the default stake survives 50 missed epochs at the default slash.
+        #[arg(long, default_value_t = 500_000_000)]
         min_stake_gwei: u64,
         /// Blocks per epoch.
         #[arg(long, default_value_t = cairn_node::chain::DEFAULT_EPOCH_BLOCKS)]
@@ -105,6 +107,13 @@ pub enum Command {
         /// proofs/PROOFS.md with the default epoch).
         #[arg(long, default_value_t = cairn_node::chain::DEFAULT_SAMPLES)]
         samples: u8,
+        /// Least escrow a deal proposal carries, in gwei.
+        #[arg(long, default_value_t = cairn_node::chain::DEFAULT_MIN_ESCROW_GWEI)]
+        min_escrow_gwei: u64,
+        /// Epochs a proposal may be accepted in; after that anyone may cancel it and its
+        /// escrow returns to the client.
+        #[arg(long, default_value_t = cairn_node::chain::DEFAULT_PROPOSAL_EPOCHS)]
+        proposal_epochs: u64,
     },
     /// Download a checkpoint (verifying every file), one file, or a byte range of one file.
     Get {

@@ -111,13 +111,17 @@ async fn start_chain(dir: &Path, accounts: usize, epoch_blocks: u64) -> Result<D
     let contract = cairn_node::chain::Chain::deploy(
         &provider,
         cairn_node::chain::DeployArgs {
-            min_stake: eth,
+            // Half of what a node stakes by default (1 ETH): five missed epochs before a
+            // node is out (below the minimum its proofs are refused until it tops up).
+            min_stake: eth / alloy::primitives::U256::from(2u64),
             epoch_blocks,
             proof_window: epoch_blocks - 1,
             unbonding_epochs: 2,
             slash_amount: eth / alloy::primitives::U256::from(10u64),
             reward_bps: 5000,
             samples: 8,
+            min_escrow: cairn_node::chain::gwei_to_wei(cairn_node::chain::DEFAULT_MIN_ESCROW_GWEI),
+            proposal_epochs: cairn_node::chain::DEFAULT_PROPOSAL_EPOCHS,
         },
     )
     .await

@@ -191,6 +191,8 @@ async fn main() -> Result<()> {
             slash_gwei,
             reward_bps,
             samples,
+            min_escrow_gwei,
+            proposal_epochs,
         } => {
             let key = std::env::var(cairn_node::chain::KEY_ENV).with_context(|| {
                 format!(
@@ -210,6 +212,8 @@ async fn main() -> Result<()> {
                     slash_amount: gwei(slash_gwei),
                     reward_bps,
                     samples,
+                    min_escrow: gwei(min_escrow_gwei),
+                    proposal_epochs,
                 },
             )
             .await?;

@@ -548,8 +548,10 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Each proposal escrows the contract's minimum: a flood costs its sender.
     let flood_epochs = 1000u32;
-    let price = alloy::primitives::Uint::<88, 2>::from(1u64);
+    let per_epoch = params.min_escrow / U256::from(flood_epochs);
+    let price = alloy::primitives::Uint::<88, 2>::from(per_epoch.to::<u128>());
     let mut pending = Vec::new();
     for i in 0..50 {
         let commitment = if i % 5 == 4 {
@@ -568,7 +570,7 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
                 flood_epochs,
                 price,
             )
-            .value(U256::from(flood_epochs));
+            .value(per_epoch * U256::from(flood_epochs));
         pending.push(call.send().await.expect("propose"));
     }
     let mut flood = Vec::new();

@@ -28,6 +28,9 @@ const EPOCH: u64 = 10;
 const WINDOW: u64 = 5;
 const UNBONDING: u64 = 2;
 const SAMPLES: u8 = 4;
+/// Least escrow of a proposal, in wei.
+const MIN_ESCROW: u64 = 100;
+const PROPOSAL_EPOCHS: u64 = 6;
 
 fn eth(n: u64) -> U256 {
     U256::from(n) * U256::from(10u64).pow(U256::from(18u64))
@@ -57,6 +60,8 @@ impl Env {
             slash_amount: slash(),
             reward_bps: 2500,
             samples: SAMPLES,
+            min_escrow: U256::from(MIN_ESCROW),
+            proposal_epochs: PROPOSAL_EPOCHS,
         })
         .await
         .expect("deploy")
@@ -301,6 +306,8 @@ async fn constructor_rejects_bad_parameters() {
         slash_amount: slash(),
         reward_bps: 100,
         samples: 1,
+        min_escrow: U256::from(MIN_ESCROW),
+        proposal_epochs: PROPOSAL_EPOCHS,
     };
     refused(Env::with(bad).await.map(|_| ()), "BadParameters");
     refused(
@@ -676,6 +683,8 @@ async fn registry_changes_name_the_accounts_touched_in_a_range() {
             slash_amount: slash(),
             reward_bps: 2500,
             samples: SAMPLES,
+            min_escrow: U256::from(MIN_ESCROW),
+            proposal_epochs: PROPOSAL_EPOCHS,
         },
     )
     .await
@@ -805,7 +814,7 @@ async fn provenance_is_per_publisher_and_append_only_with_known_parents() {
     )
     .await
     .expect("the squatter records the root first");
-    let price = alloy::primitives::Uint::<88, 2>::from(1u64);
+    let price = alloy::primitives::Uint::<88, 2>::from(MIN_ESCROW);
     let put = k
         .publishWithDeals(
             provenance(word(5), Some((me, word(2))), ""),
@@ -815,7 +824,7 @@ async fn provenance_is_per_publisher_and_append_only_with_known_parents() {
             2,
             price,
         )
-        .value(U256::from(2u64));
+        .value(U256::from(2 * MIN_ESCROW));
     let r = send(&p, put).await.expect("the real put");
     let proposed = r
         .decoded_log::<CairnStorage::DealProposed>()
@@ -876,7 +885,7 @@ async fn provenance_is_per_publisher_and_append_only_with_known_parents() {
                 1,
                 price,
             )
-            .value(U256::from(1u64)),
+            .value(U256::from(MIN_ESCROW)),
         )
         .await,
         "UnknownCheckpoint",
@@ -884,7 +893,7 @@ async fn provenance_is_per_publisher_and_append_only_with_known_parents() {
     send(
         &squatter,
         sq.proposeDeal(env.addr(1), me, word(2), FixedBytes([3; 16]), 1, 1, price)
-            .value(U256::from(1u64)),
+            .value(U256::from(MIN_ESCROW)),
     )
     .await
     .expect("a deal for the publisher's record, by anyone");
@@ -1386,6 +1395,151 @@ async fn proofs_pay_per_proven_epoch_and_missed_epochs_are_slashed_once() {
     env.check_accounting(&env.anvil.addresses()[..8]).await;
 }
 
+/// A proposal carries at least `minEscrow`, can be accepted for `proposalEpochs` epochs, and
+/// then anyone may cancel it: the escrow goes back to its client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_carry_a_minimum_escrow_and_expire() {
+    let env = Env::new().await;
+    register(&env, 1).await;
+    let cl = env.as_(5);
+    let k = cl.contract();
+    send(&cl, k.publish(word(1), Address::ZERO, B256::ZERO, word(0)))
+        .await
+        .expect("publish");
+    let c = tree_of(&data(1, 1)).commitment();
+    let propose = |epochs: u32, price: u64| {
+        k.proposeDeal(
+            env.addr(1),
+            env.addr(5),
+            word(1),
+            FixedBytes(c.root),
+            c.leaf_count,
+            epochs,
+            alloy::primitives::Uint::<88, 2>::from(price),
+        )
+        .value(U256::from(price * u64::from(epochs)))
+    };
+    let low = send(&cl, propose(3, MIN_ESCROW / 3)).await;
+    assert!(format!("{low:?}").contains(&format!("minimum: {MIN_ESCROW}")));
+    refused(low, "EscrowTooLow");
+    let ids: Vec<u64> = {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            let r = send(&cl, propose(1, MIN_ESCROW)).await.expect("propose");
+            let e = r
+                .decoded_log::<CairnStorage::DealProposed>()
+                .expect("event");
+            v.push(e.id.to());
+        }
+        v
+    };
+    let proposed = cl.deal(ids[0]).await.expect("deal").proposed_epoch;
+    let params = cl.params().await.expect("params");
+    assert_eq!(
+        (params.min_escrow, params.proposal_epochs),
+        (U256::from(MIN_ESCROW), PROPOSAL_EPOCHS)
+    );
+    let other = env.as_(6);
+    let ko = other.contract();
+    refused(
+        send(&other, ko.cancelDeal(U256::from(ids[0]))).await,
+        "NotDealClient",
+    );
+    // The last epoch it may be accepted in: the node takes the second one.
+    let last = proposed + PROPOSAL_EPOCHS - 1;
+    env.mine_to(params.epoch_start(last)).await;
+    let n = env.as_(1);
+    let d = cl.deal(ids[1]).await.expect("deal");
+    assert!(!d.proposal_expired(last, params.proposal_epochs));
+    send(&n, n.contract().acceptDeal(U256::from(ids[1])))
+        .await
+        .expect("accepted in time");
+    env.mine_to(params.epoch_start(last + 1) + 1).await;
+    let d = cl.deal(ids[0]).await.expect("deal");
+    assert!(d.proposal_expired(last + 1, params.proposal_epochs));
+    refused(
+        send(&n, n.contract().acceptDeal(U256::from(ids[0]))).await,
+        "ProposalExpired",
+    );
+    let owed = k.owed(env.addr(5)).call().await.expect("owed");
+    send(&other, ko.cancelDeal(U256::from(ids[0])))
+        .await
+        .expect("anyone cancels an expired proposal");
+    assert_eq!(
+        k.owed(env.addr(5)).call().await.expect("owed") - owed,
+        U256::from(MIN_ESCROW),
+        "the escrow goes to the client"
+    );
+    assert_eq!(k.owed(env.addr(6)).call().await.expect("owed"), U256::ZERO);
+    refused(
+        send(&other, ko.cancelDeal(U256::from(ids[1]))).await,
+        "DealNotProposed",
+    );
+    env.check_accounting(&env.anvil.addresses()[..8]).await;
+}
+
+/// A node slashed below `minStake` is out: its proofs are refused and its misses are not
+/// reported (its deals' epochs go back to their clients at settlement) until it tops up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_below_the_minimum_stake_is_out_until_it_tops_up() {
+    let env = Env::new().await;
+    register(&env, 1).await;
+    let bytes = data(1, 3);
+    let tree = tree_of(&bytes);
+    let id = deal(&env, 5, 1, word(1), tree.commitment(), 6).await;
+    let n = env.as_(1);
+    let k = n.contract();
+    send(&n, k.acceptDeal(U256::from(id)))
+        .await
+        .expect("accept");
+    // Down to exactly the minimum (allowed while deals run), then one miss below it.
+    send(&n, k.requestWithdrawal(eth(1)))
+        .await
+        .expect("withdrawal request");
+    let params = n.params().await.expect("params");
+    let start = n.deal(id).await.expect("deal").start;
+    env.mine_to(params.epoch_start(start) + WINDOW + 2).await;
+    let reporter = env.as_(7);
+    let k7 = reporter.contract();
+    send(
+        &reporter,
+        k7.reportMissed(env.addr(1), start, U256::from(id)),
+    )
+    .await
+    .expect("report");
+    let (stake, _, _) = n.balances(env.addr(1)).await.expect("stake");
+    assert!(stake < params.min_stake);
+    let held: [(u64, &UpperTree, &[u8]); 1] = [(id, &tree, &bytes)];
+    env.mine_to(params.epoch_start(start + 1) + 2).await;
+    let (good, _) = blob(&env, 1, start + 1, &held).await;
+    let out = send(&n, k.submitProofs(start + 1, Bytes::from(good))).await;
+    assert!(
+        format!("{out:?}").contains(&format!("given: {stake}")),
+        "{out:?}"
+    );
+    refused(out, "StakeTooLow");
+    env.mine_to(params.epoch_start(start + 1) + WINDOW + 2)
+        .await;
+    refused(
+        send(
+            &reporter,
+            k7.reportMissed(env.addr(1), start + 1, U256::from(id)),
+        )
+        .await,
+        "StakeTooLow",
+    );
+    // Topped up: proven again.
+    send(&n, k.topUp().value(slash())).await.expect("top up");
+    env.mine_to(params.epoch_start(start + 2) + 2).await;
+    let (good, _) = blob(&env, 1, start + 2, &held).await;
+    send(&n, k.submitProofs(start + 2, Bytes::from(good)))
+        .await
+        .expect("proven again");
+    assert!(n.is_proven(env.addr(1), start + 2).await.expect("proven"));
+    assert!(!n.is_slashed(env.addr(1), start + 1).await.expect("slashed"));
+    env.check_accounting(&env.anvil.addresses()[..8]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_cannot_be_reentered_and_a_refused_payment_reverts() {
     let env = Env::new().await;
@@ -1597,6 +1751,7 @@ fn every_custom_error_is_tested() {
         "DrawOpen",
         "EpochNotOver",
         "EpochWasProven",
+        "EscrowTooLow",
         "HasActiveDeals",
         "InsufficientStake",
         "InvalidDeal",
@@ -1609,6 +1764,7 @@ fn every_custom_error_is_tested() {
         "OutsideProofWindow",
         "PeerMismatch",
         "PeerTaken",
+        "ProposalExpired",
         "Reentrancy",
         "StakeTooLow",
         "StillUnbonding",
@@ -1779,6 +1935,8 @@ async fn samples_follow_the_bytes_and_ended_deals_leave_the_draw() {
         slash_amount: slash(),
         reward_bps: 2500,
         samples: SAMPLES,
+        min_escrow: U256::from(MIN_ESCROW),
+        proposal_epochs: PROPOSAL_EPOCHS,
     })
     .await
     .expect("deploy");

@@ -33,6 +33,12 @@ contract CairnStorage {
     uint256 public immutable slashAmount;
     /// Share of a slash credited to the reporter, in basis points; the rest to the client.
     uint16 public immutable rewardBps;
+    /// Least escrow a proposal carries (epochs * pricePerEpoch), so proposals that make a
+    /// node hash its share cost their sender.
+    uint256 public immutable minEscrow;
+    /// Epochs a proposal may be accepted in, from the one it was made in; after that anyone
+    /// may cancel it and the escrow goes back to the client.
+    uint64 public immutable proposalEpochs;
     /// Challenged samples per node and epoch (independent of deals and bytes stored), each
     /// drawn over the node's running deals weighted by their leaf counts.
     uint8 public immutable samplesPerEpoch;
@@ -60,6 +66,7 @@ contract CairnStorage {
         address node;
         uint32 settled; // epochs settled so far
         uint32 drawSlot; // its 1-based position in its node's draw tree; 0 once pruned
+        uint32 proposedEpoch;
         address client;
         uint8 state;
         uint88 pricePerEpoch;
@@ -185,6 +192,8 @@ contract CairnStorage {
     error AlreadyPublished();
     error UnknownParent();
     error UnknownCheckpoint();
+    error EscrowTooLow(uint256 minimum);
+    error ProposalExpired();
     error BadName();
     error OrgTaken(address owner);
     error InvalidDeal();
@@ -220,7 +229,9 @@ contract CairnStorage {
         uint64 unbondingEpochs_,
         uint256 slashAmount_,
         uint16 rewardBps_,
-        uint8 samplesPerEpoch_
+        uint8 samplesPerEpoch_,
+        uint256 minEscrow_,
+        uint64 proposalEpochs_
     ) {
         // The seed of an epoch is a block hash, readable for 256 blocks only; proofs of an
         // epoch arrive within it, so the deals it samples are fixed when it starts. A prover
@@ -230,7 +241,10 @@ contract CairnStorage {
         if (
             proofWindow_ < 2 || proofWindow_ >= epochBlocks_ || proofWindow_ > 255 || rewardBps_ > 10_000
                 || samplesPerEpoch_ == 0 || minStake_ == 0 || slashAmount_ == 0 || unbondingEpochs_ == 0
+                || minEscrow_ == 0 || proposalEpochs_ == 0
         ) revert BadParameters();
+        minEscrow = minEscrow_;
+        proposalEpochs = proposalEpochs_;
         minStake = minStake_;
         epochBlocks = epochBlocks_;
         proofWindow = proofWindow_;
@@ -509,19 +523,33 @@ contract CairnStorage {
         if (!nodes[node].registered) revert NotRegistered();
         if (records[publisher][checkpoint].blockNumber == 0) revert UnknownCheckpoint();
         if (leafCount == 0 || leafCount > MAX_LEAVES || epochs == 0 || pricePerEpoch == 0) revert InvalidDeal();
+        if (uint256(epochs) * pricePerEpoch < minEscrow) revert EscrowTooLow(minEscrow);
         id = ++dealCount;
         deals[id] = Deal(
-            commitment, uint48(leafCount), 0, epochs, DRAWN_AS_RUN, node, 0, 0, msg.sender, PROPOSED, pricePerEpoch, checkpoint
+            commitment,
+            uint48(leafCount),
+            0,
+            epochs,
+            DRAWN_AS_RUN,
+            node,
+            0,
+            0,
+            uint32(currentEpoch()),
+            msg.sender,
+            PROPOSED,
+            pricePerEpoch,
+            checkpoint
         );
         totalEscrow += uint256(epochs) * pricePerEpoch;
         emit DealProposed(id, msg.sender, node, publisher, checkpoint, commitment, leafCount, epochs, pricePerEpoch);
     }
 
-    /// The client takes back a deal the node has not accepted.
+    /// The client takes back a deal the node has not accepted; once the proposal has expired,
+    /// anyone may, and the escrow goes to the client all the same.
     function cancelDeal(uint256 id) external {
         Deal storage d = _deal(id);
-        if (d.client != msg.sender) revert NotDealClient();
         if (d.state != PROPOSED) revert DealNotProposed();
+        if (d.client != msg.sender && !_expired(d)) revert NotDealClient();
         d.state = CANCELLED;
         uint256 total = uint256(d.epochs) * d.pricePerEpoch;
         totalEscrow -= total;
@@ -552,12 +580,18 @@ contract CairnStorage {
         emit DealTerminated(id, keep, refund);
     }
 
+    /// Whether a proposal can no longer be accepted.
+    function _expired(Deal storage d) internal view returns (bool) {
+        return currentEpoch() >= uint64(d.proposedEpoch) + proposalEpochs;
+    }
+
     /// The node agrees to prove the deal from the next epoch on. Only after this can a
     /// challenge hit it or a missed epoch be reported.
     function acceptDeal(uint256 id) external {
         Deal storage d = _deal(id);
         if (d.node != msg.sender) revert NotDealNode();
         if (d.state != PROPOSED) revert DealNotProposed();
+        if (_expired(d)) revert ProposalExpired();
         Node storage n = nodes[msg.sender];
         if (!n.registered) revert NotRegistered();
         if (n.stake < minStake) revert StakeTooLow(n.stake, minStake);
@@ -752,6 +786,10 @@ contract CairnStorage {
             revert OutsideProofWindow(epoch);
         }
         if (isProven(msg.sender, epoch)) revert AlreadyProven();
+        // A node slashed below the minimum stake is out until it tops up: no proof is taken
+        // (its deals' epochs go back to their clients) and no miss is reported.
+        uint256 stake = nodes[msg.sender].stake;
+        if (stake < minStake) revert StakeTooLow(stake, minStake);
         uint256 used = _verifyAll(msg.sender, epoch, blob);
         provenBits[msg.sender][epoch >> 8] |= 1 << (epoch & 255);
         emit EpochProven(msg.sender, epoch, used);
@@ -869,8 +907,9 @@ contract CairnStorage {
         if (block.number <= epochStart(epoch) + proofWindow) revert EpochNotOver();
         if (isProven(node, epoch)) revert EpochWasProven();
         if (isSlashed(node, epoch)) revert AlreadySlashed();
-        slashedBits[node][epoch >> 8] |= 1 << (epoch & 255);
         Node storage n = nodes[node];
+        if (n.stake < minStake) revert StakeTooLow(n.stake, minStake);
+        slashedBits[node][epoch >> 8] |= 1 << (epoch & 255);
         uint256 amount = slashAmount;
         if (amount > n.stake + n.unbonding) amount = n.stake + n.unbonding;
         if (amount <= n.stake) {

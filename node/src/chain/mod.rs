@@ -181,9 +181,19 @@ pub struct DealInfo {
     pub draw_epochs: u64,
     /// Its 1-based position in its node's draw tree (and deal list); 0 once pruned.
     pub draw_slot: u64,
+    /// The epoch it was proposed in.
+    pub proposed_epoch: u64,
     /// Wei per epoch.
     pub price: U256,
 }
+
+/// Least escrow of a proposal by default, in gwei (0.0001 ETH): a tenth of what a node's
+/// default deal escrows (`chain.deal_epochs` * `chain.deal_price_gwei`). A proposal makes
+/// the named node hash its share of the checkpoint once, so a flood costs its sender.
+pub const DEFAULT_MIN_ESCROW_GWEI: u64 = 100_000;
+
+/// Epochs a proposal may be accepted in by default: a day at the default epoch.
+pub const DEFAULT_PROPOSAL_EPOCHS: u64 = 30;
 
 /// Blocks per epoch of a deployment by default: 48 minutes at 12 s a block, 30 epochs a day.
 pub const DEFAULT_EPOCH_BLOCKS: u64 = 240;
@@ -229,6 +239,11 @@ pub const DEAL_ACTIVE: u8 = 2;
 pub const DEAL_CANCELLED: u8 = 3;
 
 impl DealInfo {
+    /// A proposal that can no longer be accepted in `epoch` (the contract's `_expired`).
+    pub fn proposal_expired(&self, epoch: u64, proposal_epochs: u64) -> bool {
+        self.state == DEAL_PROPOSED && epoch >= self.proposed_epoch + proposal_epochs
+    }
+
     /// Accepted and over by `epoch`: never challenged again.
     pub fn is_over(&self, epoch: u64) -> bool {
         self.state == DEAL_ACTIVE && self.start + self.epochs <= epoch
@@ -278,6 +293,12 @@ pub struct Params {
     pub samples: u8,
     pub slash_amount: U256,
     pub reward_bps: u16,
+    /// Least bonded stake of a member; below it a node's proofs are refused.
+    pub min_stake: U256,
+    /// Least escrow of a proposal.
+    pub min_escrow: U256,
+    /// Epochs a proposal may be accepted in, from the one it was made in.
+    pub proposal_epochs: u64,
 }
 
 impl Params {
@@ -390,6 +411,8 @@ impl Chain {
             args.slash_amount,
             args.reward_bps,
             args.samples,
+            args.min_escrow,
+            args.proposal_epochs,
         )
         .await
         .map_err(|e| from_contract("deploy", e))?;
@@ -599,6 +622,10 @@ pub struct DeployArgs {
     pub slash_amount: U256,
     pub reward_bps: u16,
     pub samples: u8,
+    /// Least escrow of a proposal, in wei.
+    pub min_escrow: U256,
+    /// Epochs a proposal may be accepted in.
+    pub proposal_epochs: u64,
 }
 
 impl ProofChain for Chain {
@@ -634,6 +661,13 @@ impl ProofChain for Chain {
                 .map_err(e("samplesPerEpoch"))?,
             slash_amount: c.slashAmount().call().await.map_err(e("slashAmount"))?,
             reward_bps: c.rewardBps().call().await.map_err(e("rewardBps"))?,
+            min_stake: c.minStake().call().await.map_err(e("minStake"))?,
+            min_escrow: c.minEscrow().call().await.map_err(e("minEscrow"))?,
+            proposal_epochs: c
+                .proposalEpochs()
+                .call()
+                .await
+                .map_err(e("proposalEpochs"))?,
         })
     }
 
@@ -667,6 +701,7 @@ impl ProofChain for Chain {
             settled: u64::from(d.settled),
             draw_epochs: draw_epochs(u64::from(d.epochs), d.drawMode),
             draw_slot: u64::from(d.drawSlot),
+            proposed_epoch: u64::from(d.proposedEpoch),
             price: U256::from(d.pricePerEpoch.to::<u128>()),
         })
     }

@@ -257,6 +257,7 @@ mod tests {
             settled,
             draw_epochs: epochs,
             draw_slot: 1,
+            proposed_epoch: 0,
             price: U256::from(1),
         }
     }
@@ -290,6 +291,9 @@ mod tests {
             samples: 8,
             slash_amount: U256::ZERO,
             reward_bps: 0,
+            min_stake: U256::ZERO,
+            min_escrow: U256::ZERO,
+            proposal_epochs: 1_000,
         };
         assert_eq!(first_unfinished(&p, 120), 2);
         assert_eq!(first_unfinished(&p, 123), 2);

@@ -135,6 +135,14 @@ impl Publisher {
                         }
                         None => "the parent is unknown; no deals made".to_owned(),
                     }
+                } else if e.refused_with::<CairnStorage::EscrowTooLow>() {
+                    format!(
+                        "a deal's escrow ({} epochs at {} wei) is below the contract's minimum ({}); \
+                         raise chain.deal_price_gwei or chain.deal_epochs; nothing recorded",
+                        self.deal_epochs,
+                        self.deal_price,
+                        e.reason().unwrap_or_default()
+                    )
                 } else if e.refused_with::<CairnStorage::OrgTaken>() {
                     format!(
                         "the org of {:?} belongs to another publisher ({}); no deals made",

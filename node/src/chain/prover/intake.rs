@@ -53,6 +53,11 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
         while let Some(id) = todo.pop_front() {
             let done = match self.chain.deal(id).await {
                 Ok(info) if info.node != me || info.state == DEAL_CANCELLED => Ok(()),
+                // Too late to accept (anyone may cancel it now): not looked at again.
+                Ok(info) if info.proposal_expired(epoch, self.params.proposal_epochs) => {
+                    debug!(deal = id, "a proposal expired before it was taken up");
+                    Ok(())
+                }
                 Ok(info) if info.state == DEAL_PROPOSED => {
                     let wait = if deferred > 0 || proposals == MAX_PROPOSALS_PER_ROUND {
                         Ok(true)

@@ -323,6 +323,14 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
                 self.done_epoch = Some(epoch);
                 Ok(())
             }
+            // Refused before anything was sent: a node slashed below the minimum stake is
+            // out until its operator tops up.
+            Err(e) if e.refused_with::<CairnStorage::StakeTooLow>() => {
+                error!(epoch, error = %e, "this node's stake is below the contract's minimum: no proof is taken until it tops up (see `cairn wallet`)");
+                self.metrics.failures.inc();
+                self.done_epoch = Some(epoch);
+                Ok(())
+            }
             Err(e) => {
                 self.metrics.submit_errors.inc();
                 Err(e)

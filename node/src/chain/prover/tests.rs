@@ -35,6 +35,7 @@ fn held() -> (Store<MemBackend>, HashMap<u64, HeldDeal>) {
         settled: 0,
         draw_epochs: 10,
         draw_slot: 1,
+        proposed_epoch: 0,
         price: U256::from(1),
     };
     let deal = HeldDeal {
@@ -129,6 +130,9 @@ impl TestChain {
             samples: 8,
             slash_amount: U256::ZERO,
             reward_bps: 0,
+            min_stake: U256::ZERO,
+            min_escrow: U256::ZERO,
+            proposal_epochs: 1_000,
         }
     }
 
@@ -148,6 +152,7 @@ impl TestChain {
             settled: 0,
             draw_epochs: 0,
             draw_slot: 0,
+            proposed_epoch: 0,
             price: U256::from(1),
         });
         id
@@ -462,4 +467,32 @@ async fn a_deal_record_goes_when_the_deal_ends() {
     assert!(p.held[&id].data.is_none());
     // Its last epoch proven, it leaves the draw tree.
     assert_eq!(chain.state().deals[0].draw_slot, 0);
+}
+
+#[tokio::test]
+async fn an_expired_proposal_is_not_taken_up() {
+    let One {
+        store,
+        root,
+        c,
+        chain,
+        id,
+        ..
+    } = one_proposal();
+    // Proposed in epoch 0; now is the first epoch it can no longer be accepted in, and a
+    // second proposal of the same data was made in this epoch.
+    let expiry = TestChain::params().proposal_epochs;
+    chain.state().block = TestChain::params().epoch_start(expiry) + 1;
+    let fresh = chain.propose(&root, c);
+    chain.state().deals[fresh as usize - 1].proposed_epoch = expiry;
+    assert!(
+        chain
+            .deal(id)
+            .await
+            .expect("deal")
+            .proposal_expired(expiry, expiry)
+    );
+    let mut p = prover(&chain, &store).await;
+    run_to(&mut p, &chain, expiry + 3).await;
+    assert_eq!(chain.state().accepted, [fresh], "only the live proposal");
 }
