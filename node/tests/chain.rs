@@ -715,7 +715,7 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         .filter(|(_, e)| e.node == stopped_account)
         .count();
     assert_eq!(
-        stake_before - node_at.stake,
+        U256::from(stake_before - node_at.stake),
         params.slash_amount * U256::from(times)
     );
     let publisher = net.account(0);

@@ -127,7 +127,7 @@ impl Env {
         let mut sum = U256::ZERO;
         for a in accounts {
             let n = k.nodes(*a).call().await.expect("node");
-            sum += n.stake + n.unbonding + k.owed(*a).call().await.expect("owed");
+            sum += U256::from(n.stake) + n.unbonding + k.owed(*a).call().await.expect("owed");
         }
         let deals = k.dealCount().call().await.expect("count").to::<u64>();
         for id in 1..=deals {
@@ -415,7 +415,7 @@ async fn registry_stake_unbonding_and_exit() {
     send(&n, k.exit()).await.expect("exit after the deal");
     let node = k.nodes(env.addr(1)).call().await.expect("node");
     assert!(!node.registered);
-    assert_eq!(node.stake, U256::ZERO);
+    assert_eq!(node.stake, 0);
     assert_eq!(node.unbonding, eth(2));
     refused(
         send(&n, k.acceptDeal(U256::from(id))).await,

@@ -45,14 +45,15 @@ contract CairnStorage {
     uint64 public immutable genesisBlock;
 
     // ---------------------------------------------------------------- state
+    /// A proof reads the first slot only (is the node in, and its draw's weight).
     struct Node {
-        uint256 stake;
+        uint128 stake; // bonded (2^128 wei is far beyond any supply of ether)
+        uint128 drawWeight; // leaves of the deals in the node's draw tree
         uint256 unbonding;
         uint64 unbondingEpoch; // first epoch in which `unbonding` may be withdrawn
         uint64 lastEnd; // first epoch after every accepted deal
         uint64 appendEpoch; // epoch of the last deal accepted
         uint64 endBefore; // lastEnd before the first deal accepted in appendEpoch
-        uint128 drawWeight; // leaves of the deals in the node's draw tree
         bool registered;
     }
 
@@ -290,7 +291,7 @@ contract CairnStorage {
             revert PeerMismatch(bound);
         }
         n.registered = true;
-        n.stake += msg.value;
+        n.stake += uint128(msg.value);
         totalStake += msg.value;
         emit NodeRegistered(msg.sender, msg.value, peer);
     }
@@ -310,7 +311,7 @@ contract CairnStorage {
     function topUp() external payable {
         Node storage n = nodes[msg.sender];
         if (!n.registered) revert NotRegistered();
-        n.stake += msg.value;
+        n.stake += uint128(msg.value);
         totalStake += msg.value;
         emit StakeAdded(msg.sender, msg.value);
     }
@@ -338,7 +339,7 @@ contract CairnStorage {
     }
 
     function _unbond(Node storage n, uint256 amount, uint64 now_) internal {
-        n.stake -= amount;
+        n.stake -= uint128(amount); // amount <= stake
         n.unbonding += amount;
         n.unbondingEpoch = now_ + unbondingEpochs;
         emit WithdrawalRequested(msg.sender, amount, n.unbondingEpoch);
@@ -786,10 +787,6 @@ contract CairnStorage {
             revert OutsideProofWindow(epoch);
         }
         if (isProven(msg.sender, epoch)) revert AlreadyProven();
-        // A node slashed below the minimum stake is out until it tops up: no proof is taken
-        // (its deals' epochs go back to their clients) and no miss is reported.
-        uint256 stake = nodes[msg.sender].stake;
-        if (stake < minStake) revert StakeTooLow(stake, minStake);
         uint256 used = _verifyAll(msg.sender, epoch, blob);
         provenBits[msg.sender][epoch >> 8] |= 1 << (epoch & 255);
         emit EpochProven(msg.sender, epoch, used);
@@ -797,7 +794,12 @@ contract CairnStorage {
 
     /// `challenge` for every sample, checking each proof in the blob as it goes.
     function _verifyAll(address node, uint64 epoch, bytes calldata blob) internal view returns (uint256 used) {
-        uint256 total = nodes[node].drawWeight;
+        Node storage n = nodes[node];
+        // A node slashed below the minimum stake is out until it tops up: no proof is taken
+        // (its deals' epochs go back to their clients) and no miss is reported.
+        uint256 stake = n.stake;
+        if (stake < minStake) revert StakeTooLow(stake, minStake);
+        uint256 total = n.drawWeight;
         uint256 offset;
         if (total != 0) {
             bytes32 seed = epochSeed(epoch);
@@ -913,7 +915,7 @@ contract CairnStorage {
         uint256 amount = slashAmount;
         if (amount > n.stake + n.unbonding) amount = n.stake + n.unbonding;
         if (amount <= n.stake) {
-            n.stake -= amount;
+            n.stake -= uint128(amount);
         } else {
             n.unbonding -= amount - n.stake;
             n.stake = 0;

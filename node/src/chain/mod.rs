@@ -608,7 +608,7 @@ impl Chain {
             .call()
             .await
             .map_err(|e| from_contract("owed", e))?;
-        Ok((n.stake, n.unbonding, owed))
+        Ok((U256::from(n.stake), n.unbonding, owed))
     }
 }
 
