@@ -67,7 +67,8 @@ pub enum Command {
         parent_publisher: Option<String>,
     },
     /// Print provenance from chain: for a root CID, a publisher's record of it, its parent's,
-    /// ... back to its base; for a name (`org/model`), every root it pointed at, newest first.
+    /// ... back to its base; for a name (`org/model`), its newest revisions (the roots it
+    /// pointed at), newest first.
     Log {
         /// Root CID or `org/model`.
         target: String,

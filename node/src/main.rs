@@ -158,6 +158,10 @@ async fn main() -> Result<()> {
         Command::Wallet => print!("{}", client.wallet().await?.render()),
         Command::Log { target, publisher } => {
             if target.contains('/') {
+                anyhow::ensure!(
+                    publisher.is_none(),
+                    "a name belongs to its org's owner: --publisher goes with a root CID"
+                );
                 let log = client.chain_name(&target).await?;
                 println!(
                     "{} (owned by {}, {} revisions)",

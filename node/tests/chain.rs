@@ -101,13 +101,7 @@ impl Devnet {
 
     /// A chain client with the deployer's key (it only reads here).
     fn chain(&self) -> Chain {
-        let c = &self.state["chain"];
-        Chain::connect(
-            c["rpc"].as_str().expect("rpc"),
-            c["contract"].as_str().expect("contract"),
-            c["keys"][0].as_str().expect("key"),
-        )
-        .expect("chain client")
+        self.key_chain(0)
     }
 
     fn node_index(&self, account: Address) -> usize {
@@ -351,7 +345,35 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
     .expect("ft2");
     let gateway = net.url(0);
     let first_block = chain.block_number().await.expect("block");
-    let (base, _) = put(&net, 0, &base_dir, None, None);
+    // An outsider claims an org first; a put naming something under it still records the
+    // checkpoint and makes its deals, without the name, and says so.
+    let outsider = net.key_chain(OUTSIDER);
+    let own_root = alloy::primitives::B256::repeat_byte(0x42);
+    let ok_ = outsider.contract();
+    outsider
+        .send(
+            "publish",
+            ok_.publish(
+                own_root,
+                Address::ZERO,
+                alloy::primitives::B256::ZERO,
+                alloy::primitives::B256::ZERO,
+            ),
+        )
+        .await
+        .expect("the outsider's own record");
+    outsider
+        .send("setName", ok_.setName("cairn-taken/x".into(), own_root))
+        .await
+        .expect("the outsider claims the org");
+    let (base, report) = put(&net, 0, &base_dir, None, Some("cairn-taken/base"));
+    assert!(
+        report.contains("chain: provenance recorded, ")
+            && !report.contains("name revision")
+            && report.contains("name \"cairn-taken/base\" not recorded on chain")
+            && !report.contains("error"),
+        "{report}"
+    );
     // Squatting (issue 12): while the fine-tune's put waits to be mined, an outsider reads
     // its root from the pool (storing nodes have it from the manifest too) and records it
     // first, as a base of its own, paying more to be ordered first. The real put still
@@ -363,7 +385,6 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
         .spawn()
         .expect("run cairn");
     let (seen, tip, cap) = pending_publish(&chain).await;
-    let outsider = net.key_chain(OUTSIDER);
     let squat = outsider
         .contract()
         .publish(
@@ -470,6 +491,20 @@ async fn storing_nodes_prove_every_epoch_and_missed_epochs_are_slashed() {
             "cairn-test/tiny (owned by {gateway_account}, 2 revisions)"
         )),
         "{names}"
+    );
+    // A node that never named it serves it on its HF endpoint, resolved through the chain.
+    let info: serde_json::Value =
+        reqwest::get(format!("{}/hf/api/models/cairn-test/tiny", net.url(5)))
+            .await
+            .expect("hf info")
+            .json()
+            .await
+            .expect("json");
+    let ft2_cid: cairn_erasure::Cid = ft2.parse().expect("cid");
+    assert_eq!(
+        info["sha"].as_str(),
+        Some(cairn_node::api::hf::paths::commit_id(&ft2_cid).as_str()),
+        "{info}"
     );
 
     // Every storing node accepts its deals (it checks the commitment against its shards).

@@ -332,6 +332,18 @@ async fn constructor_rejects_bad_parameters() {
         .map(|_| ()),
         "BadParameters",
     );
+    // A proposal's expiry must fit the deal's 32-bit epoch fields.
+    refused(
+        Env::with(DeployArgs {
+            epoch_blocks: 4,
+            proof_window: 2,
+            proposal_epochs: u64::from(u32::MAX) + 1,
+            ..bad
+        })
+        .await
+        .map(|_| ()),
+        "BadParameters",
+    );
     // Stake must stay slashable for at least one epoch after the last deal ends.
     refused(
         Env::with(DeployArgs {
@@ -1478,10 +1490,10 @@ async fn proposals_carry_a_minimum_escrow_and_expire() {
     env.check_accounting(&env.anvil.addresses()[..8]).await;
 }
 
-/// A node slashed below `minStake` is out: its proofs are refused and its misses are not
-/// reported (its deals' epochs go back to their clients at settlement) until it tops up.
+/// A node slashed below `minStake` is out: its proofs are refused (its deals' epochs go back
+/// to their clients at settlement) while its misses are still slashed, until it tops up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_below_the_minimum_stake_is_out_until_it_tops_up() {
+async fn a_node_below_the_minimum_stake_is_not_paid_until_it_tops_up() {
     let env = Env::new().await;
     register(&env, 1).await;
     let bytes = data(1, 3);
@@ -1520,23 +1532,23 @@ async fn a_node_below_the_minimum_stake_is_out_until_it_tops_up() {
     refused(out, "StakeTooLow");
     env.mine_to(params.epoch_start(start + 1) + WINDOW + 2)
         .await;
-    refused(
-        send(
-            &reporter,
-            k7.reportMissed(env.addr(1), start + 1, U256::from(id)),
-        )
-        .await,
-        "StakeTooLow",
-    );
+    send(
+        &reporter,
+        k7.reportMissed(env.addr(1), start + 1, U256::from(id)),
+    )
+    .await
+    .expect("falling below the minimum is no way out of reports");
+    assert!(n.is_slashed(env.addr(1), start + 1).await.expect("slashed"));
     // Topped up: proven again.
-    send(&n, k.topUp().value(slash())).await.expect("top up");
+    send(&n, k.topUp().value(slash() * U256::from(2u64)))
+        .await
+        .expect("top up");
     env.mine_to(params.epoch_start(start + 2) + 2).await;
     let (good, _) = blob(&env, 1, start + 2, &held).await;
     send(&n, k.submitProofs(start + 2, Bytes::from(good)))
         .await
         .expect("proven again");
     assert!(n.is_proven(env.addr(1), start + 2).await.expect("proven"));
-    assert!(!n.is_slashed(env.addr(1), start + 1).await.expect("slashed"));
     env.check_accounting(&env.anvil.addresses()[..8]).await;
 }
 

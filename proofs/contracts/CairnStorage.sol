@@ -242,7 +242,7 @@ contract CairnStorage {
         if (
             proofWindow_ < 2 || proofWindow_ >= epochBlocks_ || proofWindow_ > 255 || rewardBps_ > 10_000
                 || samplesPerEpoch_ == 0 || minStake_ == 0 || slashAmount_ == 0 || unbondingEpochs_ == 0
-                || minEscrow_ == 0 || proposalEpochs_ == 0
+                || minEscrow_ == 0 || proposalEpochs_ == 0 || proposalEpochs_ > type(uint32).max
         ) revert BadParameters();
         minEscrow = minEscrow_;
         proposalEpochs = proposalEpochs_;
@@ -291,7 +291,7 @@ contract CairnStorage {
             revert PeerMismatch(bound);
         }
         n.registered = true;
-        n.stake += uint128(msg.value);
+        n.stake += _stakeOf(msg.value);
         totalStake += msg.value;
         emit NodeRegistered(msg.sender, msg.value, peer);
     }
@@ -311,7 +311,7 @@ contract CairnStorage {
     function topUp() external payable {
         Node storage n = nodes[msg.sender];
         if (!n.registered) revert NotRegistered();
-        n.stake += uint128(msg.value);
+        n.stake += _stakeOf(msg.value);
         totalStake += msg.value;
         emit StakeAdded(msg.sender, msg.value);
     }
@@ -336,6 +336,12 @@ contract CairnStorage {
         n.registered = false;
         if (n.stake > 0) _unbond(n, n.stake, now_);
         emit NodeExited(msg.sender);
+    }
+
+    /// `value` as bonded stake (128 bits, far beyond any supply of ether; refused above).
+    function _stakeOf(uint256 value) internal pure returns (uint128) {
+        if (value > type(uint128).max) revert WrongPayment(type(uint128).max);
+        return uint128(value);
     }
 
     function _unbond(Node storage n, uint256 amount, uint64 now_) internal {
@@ -795,8 +801,9 @@ contract CairnStorage {
     /// `challenge` for every sample, checking each proof in the blob as it goes.
     function _verifyAll(address node, uint64 epoch, bytes calldata blob) internal view returns (uint256 used) {
         Node storage n = nodes[node];
-        // A node slashed below the minimum stake is out until it tops up: no proof is taken
-        // (its deals' epochs go back to their clients) and no miss is reported.
+        // A node slashed below the minimum stake is out until it tops up: no proof is taken,
+        // so its deals' epochs go back to their clients (and its misses are still slashed:
+        // falling below the minimum is no way out).
         uint256 stake = n.stake;
         if (stake < minStake) revert StakeTooLow(stake, minStake);
         uint256 total = n.drawWeight;
@@ -909,9 +916,8 @@ contract CairnStorage {
         if (block.number <= epochStart(epoch) + proofWindow) revert EpochNotOver();
         if (isProven(node, epoch)) revert EpochWasProven();
         if (isSlashed(node, epoch)) revert AlreadySlashed();
-        Node storage n = nodes[node];
-        if (n.stake < minStake) revert StakeTooLow(n.stake, minStake);
         slashedBits[node][epoch >> 8] |= 1 << (epoch & 255);
+        Node storage n = nodes[node];
         uint256 amount = slashAmount;
         if (amount > n.stake + n.unbonding) amount = n.stake + n.unbonding;
         if (amount <= n.stake) {

@@ -35,7 +35,7 @@ impl From<Record> for LineageEntry {
 }
 
 /// Newest revisions of a name the name route answers with.
-pub const MAX_REVISIONS_SHOWN: u64 = 100;
+pub const MAX_REVISIONS_SHOWN: u64 = 32;
 
 /// A name on chain: its owner and its newest revisions, newest first.
 #[derive(Debug, Serialize, Deserialize)]

@@ -84,6 +84,13 @@ pub(super) async fn put_checkpoint<B: Backend>(
         })?),
         None => None,
     };
+    if parent_publisher.is_some() && parent.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_params",
+            "parent_publisher names whose record of the parent to follow: it needs parent",
+        ));
+    }
     // A bad name is refused before any byte is read, not after the upload.
     if let Some(t) = &q.tag {
         cairn_storage::check_name(t)?;

@@ -110,7 +110,9 @@ pub fn from_contract(call: &'static str, e: alloy::contract::Error) -> ChainErro
     }
 }
 
-fn rpc(call: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
+pub(crate) fn rpc(
+    call: &'static str,
+) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
     move |e| ChainError::Rpc {
         call,
         reason: e.to_string(),
@@ -241,7 +243,7 @@ pub const DEAL_CANCELLED: u8 = 3;
 impl DealInfo {
     /// A proposal that can no longer be accepted in `epoch` (the contract's `_expired`).
     pub fn proposal_expired(&self, epoch: u64, proposal_epochs: u64) -> bool {
-        self.state == DEAL_PROPOSED && epoch >= self.proposed_epoch + proposal_epochs
+        self.state == DEAL_PROPOSED && epoch >= self.proposed_epoch.saturating_add(proposal_epochs)
     }
 
     /// Accepted and over by `epoch`: never challenged again.

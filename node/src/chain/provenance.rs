@@ -19,7 +19,7 @@ pub const MAX_NAME_BYTES: usize = 96;
 const HISTORY_PAGE: u64 = 256;
 /// Longest lineage followed (records are append-only with known parents, so there are no
 /// cycles; a bound anyway).
-const MAX_LINEAGE: usize = 10_000;
+const MAX_LINEAGE: usize = 1_000;
 
 /// A publisher's record of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +178,21 @@ impl Chain {
             }
         }
         Ok(out)
+    }
+
+    /// The Unix time of block `block` (when a record in it was made).
+    pub async fn block_time(&self, block: u64) -> Result<u64, ChainError> {
+        use alloy::providers::Provider;
+        let b = self
+            .provider
+            .get_block_by_number(block.into())
+            .await
+            .map_err(super::rpc("eth_getBlockByNumber"))?
+            .ok_or(ChainError::Rpc {
+                call: "eth_getBlockByNumber",
+                reason: format!("no block {block}"),
+            })?;
+        Ok(b.header.timestamp)
     }
 
     /// A name's owner, its revision count, and the roots of its newest `newest` revisions,

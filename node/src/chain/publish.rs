@@ -105,17 +105,34 @@ impl Publisher {
                 Err(e) => report.skipped.push(format!("{node}: {e}")),
             }
         }
-        let provenance = Provenance {
+        let mut provenance = Provenance {
             root,
             parent,
             meta,
             name: chain_name,
         };
-        match self
+        let mut sent = self
             .chain
             .publish_with_deals(provenance, &registered, self.deal_epochs, self.deal_price)
-            .await
+            .await;
+        // A name whose org someone else claimed (perhaps just now, from the pool) must not
+        // cost the record and the deals: they are sent again without it.
+        if let (Some(name), Err(e)) = (chain_name, &sent)
+            && (e.refused_with::<CairnStorage::OrgTaken>()
+                || matches!(e, super::ChainError::Failed { .. }))
         {
+            warn!(%root, %name, error = %e, "the name was refused on chain; recording the checkpoint without it");
+            report.skipped.push(format!(
+                "name {name:?} not recorded on chain: its org belongs to another publisher \
+                 (or the transaction failed: {e})"
+            ));
+            provenance.name = None;
+            sent = self
+                .chain
+                .publish_with_deals(provenance, &registered, self.deal_epochs, self.deal_price)
+                .await;
+        }
+        match sent {
             Ok(done) => {
                 report.published = done.recorded;
                 report.name_revision = done.revision;
@@ -141,12 +158,6 @@ impl Publisher {
                          raise chain.deal_price_gwei or chain.deal_epochs; nothing recorded",
                         self.deal_epochs,
                         self.deal_price,
-                        e.reason().unwrap_or_default()
-                    )
-                } else if e.refused_with::<CairnStorage::OrgTaken>() {
-                    format!(
-                        "the org of {:?} belongs to another publisher ({}); no deals made",
-                        chain_name.unwrap_or_default(),
                         e.reason().unwrap_or_default()
                     )
                 } else {

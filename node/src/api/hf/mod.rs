@@ -1,7 +1,9 @@
 //! A HuggingFace Hub compatible endpoint under `/hf`: with `HF_ENDPOINT=http://node/hf`,
 //! `huggingface_hub`, `hf download` and `from_pretrained` download checkpoints from Cairn.
 //!
-//! Repositories are names of the node's name table (`cairn put --name org/model`); a
+//! Repositories are names of the node's name table (`cairn put --name org/model`), or, on a
+//! node with a chain, `org/model` names recorded on chain by whoever put them (the newest
+//! [`MAX_REVISIONS_SHOWN`](super::provenance::MAX_REVISIONS_SHOWN) revisions); a
 //! revision is `main` (the newest root of the name), a 40-hex commit id derived from a root
 //! ([`paths::commit_id`]), or a root CID of the name's history. Files are read through the
 //! same verified path as the v1 routes. No Xet header or field is ever sent, so clients stay
@@ -154,9 +156,17 @@ async fn resolve<B: Backend>(
         }
         let store = s.store.clone();
         let repo = r.repo.clone();
-        let history = blocking(move || Ok(store.name_history(&repo)?)).await?;
+        let mut history = blocking(move || Ok(store.name_history(&repo)?)).await?;
+        // Not named here: the name on chain, if the node is on one.
+        let mut on_chain = None;
         if history.is_empty() {
-            continue;
+            match chain_history(s, &r.repo).await? {
+                Some((publisher, h)) => {
+                    history = h;
+                    on_chain = Some(publisher);
+                }
+                None => continue,
+            }
         }
         let rev = match &r.call {
             Call::Info { rev } => rev.clone(),
@@ -173,17 +183,72 @@ async fn resolve<B: Backend>(
                 ),
             )
         })?;
+        let set = match (on_chain, &s.publisher) {
+            (Some(publisher), Some(p)) => chain_time(&p.chain, publisher, &entry.root).await?,
+            _ => entry.set,
+        };
         return Ok((
             Resolved {
                 repo: r.repo,
                 root: entry.root,
                 commit: commit_id(&entry.root),
-                set: entry.set,
+                set,
             },
             r.call,
         ));
     }
     Err(HfError::repo(&first))
+}
+
+fn chain_failed(e: crate::chain::ChainError) -> HfError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string()).into()
+}
+
+/// A name's newest revisions on chain, oldest first, and their publisher (None: not a
+/// name on chain, or the node has no chain). Their times are filled in when one is chosen.
+async fn chain_history<B: Backend>(
+    s: &AppState<B>,
+    repo: &str,
+) -> Result<Option<(alloy::primitives::Address, Vec<NameEntry>)>, HfError> {
+    let Some(p) = &s.publisher else {
+        return Ok(None);
+    };
+    if crate::chain::provenance::name_keys(repo).is_err() {
+        return Ok(None);
+    }
+    let h = p
+        .chain
+        .name_history(repo, super::provenance::MAX_REVISIONS_SHOWN)
+        .await
+        .map_err(chain_failed)?;
+    let Some(publisher) = h.publisher.filter(|_| !h.roots.is_empty()) else {
+        return Ok(None);
+    };
+    let entries = h
+        .roots
+        .iter()
+        .map(|w| NameEntry {
+            root: crate::chain::word_root(w),
+            set: 0,
+        })
+        .collect();
+    Ok(Some((publisher, entries)))
+}
+
+/// When `publisher` recorded `root` (the revision's time), in Unix seconds.
+async fn chain_time(
+    chain: &crate::chain::Chain,
+    publisher: alloy::primitives::Address,
+    root: &Cid,
+) -> Result<u64, HfError> {
+    let record = chain
+        .record(publisher, crate::chain::root_word(root))
+        .await
+        .map_err(chain_failed)?;
+    match record {
+        Some(r) => chain.block_time(r.block).await.map_err(chain_failed),
+        None => Ok(0),
+    }
 }
 
 /// The revision `rev` of a name's history (oldest first): the newest for `main`.

@@ -12,7 +12,8 @@ use tracing::{debug, error, info, warn};
 
 use super::super::deals::{DealDataError, HeldData, data_of, held_shards};
 use super::super::{
-    ChainError, DEAL_ACTIVE, DEAL_CANCELLED, DEAL_PROPOSED, DealInfo, ProofChain, word_root,
+    CairnStorage, ChainError, DEAL_ACTIVE, DEAL_CANCELLED, DEAL_PROPOSED, DealInfo, ProofChain,
+    word_root,
 };
 use super::{HeldDeal, Prover};
 
@@ -172,7 +173,11 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
             if let Err(e) = self.chain.accept_deal(id).await {
                 // A timeout or a lost answer may still have been mined: look again.
                 let now = self.chain.deal(id).await?;
-                if now.state == DEAL_PROPOSED && e.reason().is_none() {
+                // Not mined, or refused while this node's stake is below the minimum (a top-up
+                // brings it back before the proposal expires): try again.
+                if now.state == DEAL_PROPOSED
+                    && (e.reason().is_none() || e.refused_with::<CairnStorage::StakeTooLow>())
+                {
                     warn!(deal = id, error = %e, "cannot accept a deal yet; trying again");
                     self.retry.push(id);
                     return Ok(());

@@ -326,7 +326,7 @@ impl<C: ProofChain, B: Backend> Prover<C, B> {
             // Refused before anything was sent: a node slashed below the minimum stake is
             // out until its operator tops up.
             Err(e) if e.refused_with::<CairnStorage::StakeTooLow>() => {
-                error!(epoch, error = %e, "this node's stake is below the contract's minimum: no proof is taken until it tops up (see `cairn wallet`)");
+                error!(epoch, error = %e, "this node's bonded stake is below the contract's minimum (it was slashed): no proof is taken until its account tops up (the contract's topUp; `cairn wallet` shows the stake)");
                 self.metrics.failures.inc();
                 self.done_epoch = Some(epoch);
                 Ok(())
