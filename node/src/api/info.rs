@@ -14,6 +14,11 @@ pub(super) fn chain_of<B: Backend>(
     })
 }
 
+/// A chain call behind a route failed: 502, the chain's error as the message.
+pub(super) fn chain_failed(e: crate::chain::ChainError) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string())
+}
+
 /// The node's account on chain: stake, credits, deals and escrow.
 pub(super) async fn wallet<B: Backend>(
     State(s): State<AppState<B>>,
@@ -21,7 +26,7 @@ pub(super) async fn wallet<B: Backend>(
     crate::chain::wallet::wallet(&chain_of(&s)?.chain)
         .await
         .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string()))
+        .map_err(chain_failed)
 }
 
 #[derive(Serialize)]

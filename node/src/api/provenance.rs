@@ -3,10 +3,10 @@
 
 use alloy::primitives::Address;
 
-use super::info::chain_of;
+use super::info::{chain_failed, chain_of};
 use super::*;
 use crate::chain::provenance::{ChainNameError, Record, name_keys};
-use crate::chain::{ChainError, ProofChain, root_word, word_root};
+use crate::chain::{ProofChain, root_word, word_root};
 
 /// One provenance record, as the lineage and name routes answer it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,10 +61,6 @@ pub struct NameRevision {
 pub struct LineageQuery {
     /// Whose record to follow (default: this node's account, which publishes its puts).
     publisher: Option<String>,
-}
-
-fn chain_failed(e: ChainError) -> ApiError {
-    ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string())
 }
 
 /// A publisher's record of the checkpoint, its parent's record, ... back to its base.

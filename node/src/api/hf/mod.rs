@@ -201,7 +201,7 @@ async fn resolve<B: Backend>(
 }
 
 fn chain_failed(e: crate::chain::ChainError) -> HfError {
-    ApiError::new(StatusCode::BAD_GATEWAY, "chain_error", e.to_string()).into()
+    super::info::chain_failed(e).into()
 }
 
 /// A name's newest revisions on chain, oldest first, and their publisher (None: not a
